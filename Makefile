@@ -35,11 +35,7 @@ test-fast: install
 
 # The main job: a real recommendation on the bundled example with the real MiniLM-L6 model.
 demo: install
-	$(VENV)/bin/taskgrouper analyze models/examples/tickets.csv --text-column text \
-		--tasks $$($(PY) -c "import json;print(','.join(t for g in json.load(open('models/examples/tickets.planted.json'))['grouping'] for t in g))") \
-		--model minilm-l6 --epochs 2 --max-length 64 --batch-size 32 \
-		--candidate "$$($(PY) -c "import json;print(';'.join(','.join(g) for g in json.load(open('models/examples/tickets.planted.json'))['grouping']))")" \
-		--out out/demo-recommendation.json
+	$(VENV)/bin/taskgrouper demo --out out/demo-recommendation.json
 
 bench-cka: install
 	$(PY) bench/bench_cka.py

@@ -69,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--out", required=True, type=Path, help="where to write the JSON")
     an.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    de = sub.add_parser(
+        "demo",
+        help="analyze the bundled example (support tickets, 5 tasks) with minilm-l6",
+        description="The main job on the bundled example: a real recommendation with the real "
+        "MiniLM-L6 model, its planted grouping offered as a candidate.",
+    )
+    de.add_argument("--model", default="minilm-l6")
+    de.add_argument("--epochs", type=int, default=2)
+    de.add_argument("--verify", action="store_true")
+    de.add_argument("--out", type=Path, default=Path("out/demo-recommendation.json"))
+
     sy = sub.add_parser("synth", help="write a synthetic dataset with planted task structure")
     sy.add_argument("--out", required=True, type=Path)
     sy.add_argument("--seed", type=int, default=0)
@@ -187,6 +198,31 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def example_path(name: str = "tickets") -> tuple[Path, list[list[str]]]:
+    """The bundled example dataset and its planted grouping."""
+    from importlib.resources import files
+
+    folder = Path(str(files("models") / "examples"))
+    planted = json.loads((folder / f"{name}.planted.json").read_text())["grouping"]
+    return folder / f"{name}.csv", planted
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    data, planted = example_path()
+    argv = [
+        "analyze", str(data), "--text-column", "text",
+        "--tasks", ",".join(t for group in planted for t in group),
+        "--model", args.model, "--epochs", str(args.epochs), "--max-length", "64",
+        "--candidate", ";".join(",".join(group) for group in planted),
+        "--out", str(args.out),
+    ]
+    if args.verify:
+        argv.append("--verify")
+    print("taskgrouper " + " ".join(f"'{a}'" if " " in a or ";" in a else a for a in argv),
+          file=sys.stderr)
+    return cmd_analyze(build_parser().parse_args(argv))
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from models.synth import SynthSpec, write
 
@@ -211,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "analyze":
             return cmd_analyze(args)
+        if args.command == "demo":
+            return cmd_demo(args)
         if args.command == "synth":
             return cmd_synth(args)
     except (DataError, ModelError, ValueError) as exc:

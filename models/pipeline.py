@@ -139,7 +139,8 @@ def run_job(
     """Run every stage and return the recommendation as JSON-ready data (``schema.Recommendation``)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    tracker = Progress(progress, {"prepare": 1.0})
+    # Preparing is quick; the real plan (in training steps) is known once the data is read.
+    tracker = Progress(progress, {"prepare": 0.02, "finetune": 0.98})
     tracker.start("prepare")
     job = prepare(spec)
     check_cancel(should_cancel)
@@ -147,7 +148,6 @@ def run_job(
 
     cfg = spec.training
     stl_steps = sum(steps_per_task(len(t.train_ids), cfg) for t in job.tokenized.values())
-    n_tasks = len(spec.tasks)
     weights = {
         "finetune": float(stl_steps),
         "similarity": 0.02 * stl_steps,
@@ -197,7 +197,6 @@ def run_job(
         verification = run_verification(job, decision["groups"], tracker, should_cancel)
         timings["verification"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    del n_tasks
     rec = {
         "settings": settings_report(job, alignment),
         "tasks": task_reports(job, similarity),

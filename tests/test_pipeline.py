@@ -1,0 +1,88 @@
+"""The pipeline entry point: progress, cancellation, tasks from several datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models.grouping import Thresholds
+from models.options import AnalysisConfig, DatasetSpec, JobSpec, TaskSpec, TrainingConfig
+from models.pipeline import STAGES, run_job
+from models.synth import SynthSpec, generate
+from models.training import JobCancelled
+
+FAST = TrainingConfig(epochs=1, lr=1e-3, batch_size=16, max_length=40, probe_size=64, seed=0)
+ANALYSIS = AnalysisConfig(device="cpu", align_steps=3, align_every=2,
+                          thresholds=Thresholds(0.3, 0.3, 0.3))
+
+
+def _spec(model: Path, **kw: object) -> JobSpec:
+    frame, _ = generate(SynthSpec(rows=200, features=(2, 1), seed=3))
+    return JobSpec(
+        datasets=[DatasetSpec("tickets", frame, "text")],
+        tasks=[TaskSpec(n, "tickets", n) for n in ("product", "product_flag", "severity")],
+        model_name="tiny", model_dir=model, training=FAST, analysis=ANALYSIS, **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_progress_is_monotone_and_ends_at_one(tiny_bert: Path) -> None:
+    seen: list[tuple[str, float]] = []
+    rec = run_job(_spec(tiny_bert, verify=True), progress=lambda s, f: seen.append((s, f)))
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions)
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    stages = list(dict.fromkeys(s for s, _ in seen))
+    assert stages == [*STAGES, "done"]
+    assert rec["verification"] is not None
+    # Every stage advances the bar: no stage swallows the whole range at its start.
+    starts = {s: f for s, f in reversed(seen)}
+    assert starts["finetune"] < 0.1 < starts["alignment"] < starts["verification"] < 1.0
+
+
+def test_cancellation_stops_between_steps(tiny_bert: Path) -> None:
+    calls = {"n": 0}
+
+    def should_cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 5
+
+    with pytest.raises(JobCancelled):
+        run_job(_spec(tiny_bert), should_cancel=should_cancel)
+    assert calls["n"] == 6  # it stopped at the first check that said so
+
+
+def test_tasks_from_several_datasets(tiny_bert: Path) -> None:
+    cervical, _ = generate(SynthSpec(rows=160, features=(2,), seed=4))
+    lumbar, _ = generate(SynthSpec(rows=160, features=(1, 1), seed=5))
+    spec = JobSpec(
+        datasets=[DatasetSpec("cervical", cervical, "text"), DatasetSpec("lumbar", lumbar, "text")],
+        tasks=[TaskSpec("c_product", "cervical", "product"),
+               TaskSpec("c_flag", "cervical", "product_flag"),
+               TaskSpec("l_severity", "lumbar", "severity")],
+        model_name="tiny", model_dir=tiny_bert, training=FAST, analysis=ANALYSIS,
+    )
+    rec = run_job(spec)
+    assert [t["dataset"] for t in rec["tasks"]] == ["cervical", "cervical", "lumbar"]
+    assert rec["settings"]["probe_size_used"] == 64
+    assert len(rec["pairs"]) == 3
+
+
+def test_job_spec_rejects_duplicates_and_unknown_datasets(tiny_bert: Path) -> None:
+    frame, _ = generate(SynthSpec(rows=50, features=(2,), seed=1))
+    ds = [DatasetSpec("d", frame, "text")]
+    with pytest.raises(ValueError, match="more than once"):
+        JobSpec(ds, [TaskSpec("a", "d", "product"), TaskSpec("a", "d", "product_flag")],
+                "tiny", tiny_bert)
+    with pytest.raises(ValueError, match="unknown dataset 'x'"):
+        JobSpec(ds, [TaskSpec("a", "d", "product"), TaskSpec("b", "x", "product")], "tiny",
+                tiny_bert)
+    with pytest.raises(ValueError, match="at least 2 tasks"):
+        JobSpec(ds, [TaskSpec("a", "d", "product")], "tiny", tiny_bert)
+
+
+def test_training_config_bounds() -> None:
+    with pytest.raises(ValueError, match="batch_size=0"):
+        TrainingConfig(batch_size=0)
+    with pytest.raises(ValueError, match="lr"):
+        TrainingConfig(lr=-1.0)

