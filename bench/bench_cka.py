@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/bench_cka.py [--t 8] [--n 1024] [--d 384] [--layers 7] [--repeats 5]
-        [--batch-size B] [--biased] [--out bench/out/cka.json]
+        [--batch-size B] [--biased] [--threads N] [--out bench/out/cka.json]
 
 The representations are random but structured like fine-tuned models of one backbone: every layer
 has a shared base representation, each model adds its own perturbation (growing with depth, as
@@ -102,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="also time minibatch CKA")
     parser.add_argument("--biased", action="store_true", help="biased instead of debiased HSIC")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/cka.json"))
     args = parser.parse_args(argv)
     debiased = not args.biased
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     reps = make_reps(args.t, args.layers, args.n, args.d, args.seed)
     fns: dict[str, Callable[[], torch.Tensor]] = {

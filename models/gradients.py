@@ -102,6 +102,37 @@ def block_cosines(
     return cos(dots), cos(whole_dot)
 
 
+def shared_minibatches(
+    tasks: Mapping[str, TokenizedTask], batch_size: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """One minibatch per task, drawn so that tasks of one dataset share their texts.
+
+    Each dataset's rows get one random priority per step; each task takes its labelled training
+    rows of highest priority. Tasks labelled on the same rows thus see the same texts, so their
+    gradients differ by what the tasks ask of the encoder, not by which texts were drawn (TAG's
+    "same batch"). Tasks without row positions draw on their own.
+    """
+    def rows_of(task: TokenizedTask) -> np.ndarray | None:
+        rows = task.train_rows
+        return rows if rows is not None and len(rows) == len(task.train_ids) else None
+
+    extent: dict[str, int] = {}
+    for task in tasks.values():
+        rows = rows_of(task)
+        if rows is not None:
+            extent[task.dataset] = max(extent.get(task.dataset, 0), int(rows.max()) + 1)
+    priority = {dataset: rng.random(n) for dataset, n in extent.items()}
+    picks: dict[str, np.ndarray] = {}
+    for name, task in tasks.items():
+        size = min(batch_size, len(task.train_ids))
+        rows = rows_of(task)
+        if rows is None:
+            picks[name] = rng.choice(len(task.train_ids), size=size, replace=False)
+        else:
+            picks[name] = np.argsort(-priority[task.dataset][rows], kind="stable")[:size]
+    return picks
+
+
 def auto_align_steps(tasks: Mapping[str, TokenizedTask], batch_size: int) -> int:
     """A tenth of an epoch of the largest task, kept within 12..48 joint steps."""
     largest = max(len(t.train_ids) for t in tasks.values())
@@ -187,9 +218,10 @@ def gradient_alignment(
         model.train()
         optimizer.zero_grad(set_to_none=True)
         batches = []
+        picks = shared_minibatches(tasks, batch_size, rng)
         for i, name in enumerate(names):
             task = tasks[name]
-            idx = rng.choice(len(task.train_ids), size=min(batch_size, len(task.train_ids)), replace=False)
+            idx = picks[name]
             ids, mask = collate([task.train_ids[k] for k in idx], pad_id, device)
             labels = torch.as_tensor(task.train_labels[idx], dtype=torch.long, device=device)
             batches.append((ids, mask, labels))

@@ -1,58 +1,64 @@
-"""Stage 4 of METHOD.md: group verdicts, the recommended grouping, candidate scores, overall verdict.
+"""Stage 4 of METHOD.md: group verdicts, the recommended grouping, candidate scores, verdict.
 
-Pure Python (no torch, no numpy): the API process and other light processes import this module.
+Pure Python (no torch, no numpy), so that the API process and other light processes can use it.
 
 Decision rule
 -------------
-A pair of tasks *passes* when its min-over-layers CKA >= ``tau_rep``, its whole-encoder gradient
-cosine >= ``tau_grad`` and its conflict rate (share of samples with cosine < 0) <= ``rho``. A group
-gets the verdict "MTL matches STL" when every pair in it passes; a singleton group trivially matches
-(it is its own single-task model). Every verdict names its limiting evidence: the failing conditions,
-worst first ("tasks A, B: layer 6 CKA 0.41 < 0.60"), or for a passing group the weakest value of each
-condition.
+A pair of tasks *passes* when its min-over-layers CKA >= ``tau_rep``, its whole-encoder
+gradient cosine >= ``tau_grad`` and its conflict rate (share of samples with cosine < 0) <=
+``rho``. A group gets the verdict "MTL matches STL" when every pair in it passes; a singleton
+trivially matches (it is its own single-task model). Every verdict names its limiting evidence:
+the failing conditions, worst first ("tasks A, B: layer 6 CKA 0.41 < 0.60"), or, for a passing
+group, the weakest value of each condition.
 
 Two derived numbers rank pairs and groupings:
 
-* pair *affinity* = 0.5 * cka_min + 0.5 * grad_cosine (both on a cosine-like scale; used only to
-  break ties between groupings with the same number of groups);
+* pair *affinity* = 0.5 * cka_min + 0.5 * grad_cosine (both on a cosine-like scale); it only
+  breaks ties between groupings with the same number of groups;
 * pair *shortfall* = (tau_rep - cka_min)^+ + (tau_grad - grad_cosine)^+ + (conflict_rate - rho)^+,
   the total amount by which the pair misses its thresholds (0 when it passes).
 
 Ordering of groupings (lower key is better)
 -------------------------------------------
-Without a budget the recommendation minimises ``(not feasible, n_groups, -mean_affinity)`` where a
-grouping is *feasible* when all of its groups pass and mean_affinity is the mean affinity over all
-within-group pairs (pair-weighted, not a mean of group means). All singletons is always feasible, so
-the recommendation always is. An all-singleton grouping has no within-group pair: its affinity key is
-+inf, i.e. it is last among equals (it is also the only grouping with T groups, so this never decides
-anything). Sums and means are compared rounded to 12 decimals, so float summation noise never decides
-a tie; exact ties go to the canonical order (groups compared as tuples of task positions).
+A grouping is *feasible* when all of its groups pass. Its mean affinity is the mean over all
+within-group pairs (pair-weighted, not a mean of group means). Without a budget the
+recommendation minimises ``(not feasible, n_groups, -mean_affinity)``; all singletons is always
+feasible, so the recommendation always is. An all-singleton grouping has no within-group pair:
+its affinity key is +inf, last among equals (it is also the only grouping with T groups, so this
+never decides anything). Sums and means are compared rounded to 12 decimals, so that float
+summation order never decides; exact ties go to the canonical order (groups compared as tuples
+of task positions), which makes every answer deterministic.
 
 With ``max_groups``, only groupings with at most ``max_groups`` groups are allowed. If the best
-feasible grouping fits, it is the answer. Otherwise no feasible grouping fits and the answer is the
-least-violating one: lowest total shortfall (sum over within-group failing pairs), then fewest groups,
-then highest mean affinity; it is marked ``feasible=False`` and a note names the failing groups.
-Both cases are one key, ``(not feasible, shortfall, n_groups, -mean_affinity)``, minimised under the
-budget (feasible groupings have shortfall 0).
+feasible grouping fits, it is the answer. Otherwise no feasible grouping fits, and the answer is
+the least-violating one: lowest total shortfall (sum over within-group failing pairs), then
+fewest groups, then highest mean affinity; it is marked ``feasible=False`` and a note names the
+failing groups. Both cases are one key, ``(not feasible, shortfall, n_groups, -mean_affinity)``,
+minimised under the budget (feasible groupings have shortfall 0).
 
 Search
 ------
-Up to ``exhaustive_limit`` (default 10) tasks the search is exhaustive: per-subset (bitmask) tables
-say which groups pass and hold their affinity and shortfall sums, and a depth-first enumeration of set
-partitions (lowest unplaced task first, largest group first) visits only passing groups, pruned by the
-best group count found so far (Bell(10) = 115,975 partitions at most). Under a binding budget a second
-enumeration visits every grouping with at most ``max_groups`` groups, pruned by shortfall.
+Up to ``exhaustive_limit`` (default 10) tasks the search is exhaustive. Per-subset (bitmask)
+tables say which groups pass and hold their affinity and shortfall sums; a depth-first
+enumeration of set partitions (lowest unplaced task first, largest group first) visits only
+passing groups and is pruned by the best group count found so far (at most Bell(10) = 115,975
+partitions). Under a binding budget a second enumeration visits the groupings with at most
+``max_groups`` groups, pruned by shortfall.
 
-Beyond that a deterministic heuristic runs from several starts: task orderings by compatibility degree
-(both directions), by affinity, the input order, and ``restarts`` permutations from
-``random.Random(seed)``. Each start greedily inserts each task into the passing group where its mean
-affinity to the members is highest (else opens a new group), then eliminates groups (redistributes all
-members of a group into the others, with one-step ejection chains), then hill-climbs with single-task
-moves, pairwise swaps between groups and re-partitions of the union of two groups (which also merges
-them), accepting only strict improvements of the key. Under a binding budget the same local search
-minimises the budget key, starting from the feasible starts merged down to ``max_groups`` groups and
-from greedy budget-aware insertions. The best key over all starts wins. The tests check the heuristic
-against the exhaustive search on random instances of up to 10 tasks.
+Beyond that a deterministic heuristic runs from several starts: task orderings by compatibility
+degree (both directions), by affinity, the input order, and ``restarts`` permutations drawn from
+``random.Random(seed)``. Each start greedily inserts every task into the passing group where its
+mean affinity to the members is highest (else opens a new group), then eliminates groups
+(redistributes all members of a group into the others, with one-step ejection chains), then
+hill-climbs with single-task moves, swaps between two groups, and re-partitions of the union of
+two groups (merges included) and of three groups (small unions only), accepting only strict
+improvements of the key; the best start wins. Under a binding budget the same local search
+minimises the budget key from the feasible starts merged down to ``max_groups`` groups and from
+budget-aware greedy insertions (three-group re-partitions, costly without the pass requirement,
+only polish the best of these). Candidate neighbours are screened with running sums and
+confirmed with the exact key. The tests check the heuristic against the exhaustive search on
+random instances of up to 10 tasks (same number of groups, feasibility, shortfall and mean
+affinity).
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ EXHAUSTIVE_HARD_LIMIT = 12
 _ROUND = 12
 # Largest union of two groups that the re-partition move enumerates (2^(u-1) splits).
 _REPARTITION_LIMIT = 12
+# Largest union of three groups that the polishing re-partition enumerates.
+_REPARTITION3_LIMIT = 9
 _SINGLETON_EVIDENCE = "a single task is its own single-task model"
 
 
@@ -154,7 +162,10 @@ def _pair_misses(ev: PairEvidence, th: Thresholds) -> list[tuple[float, str]]:
     if ev.cka_min < th.tau_rep:
         v, t = _fmt_vs(ev.cka_min, th.tau_rep)
         misses.append(
-            (th.tau_rep - ev.cka_min, f"tasks {ev.a}, {ev.b}: layer {ev.cka_min_layer} CKA {v} < {t}")
+            (
+                th.tau_rep - ev.cka_min,
+                f"tasks {ev.a}, {ev.b}: layer {ev.cka_min_layer} CKA {v} < {t}",
+            )
         )
     if ev.grad_cosine < th.tau_grad:
         v, t = _fmt_vs(ev.grad_cosine, th.tau_grad)
@@ -213,8 +224,8 @@ class PairTable:
 
     @classmethod
     def from_pairs(cls, tasks: Sequence[str], pairs: Iterable[PairEvidence]) -> PairTable:
-        """Build a table, checking that every pair of distinct tasks is given exactly once (in either
-        orientation) and that no pair names an unknown task (ValueError otherwise)."""
+        """Build a table, checking that every pair of distinct tasks is given exactly once (in
+        either orientation) and that no pair names an unknown task (ValueError otherwise)."""
         return cls(tasks, pairs)
 
     def get(self, a: str, b: str) -> PairEvidence:
@@ -265,10 +276,10 @@ def _positions(tasks: Sequence[str]) -> dict[str, int]:
 class GroupVerdict:
     """The verdict on one group: does one MTL model for it match its STL models?
 
-    ``score`` is the mean pair affinity within the group; ``margin`` the smallest pass margin over its
-    pairs, ``min(cka_min - tau_rep, grad_cosine - tau_grad, rho - conflict_rate)`` (>= 0 iff the group
-    passes); ``shortfall`` the sum of the pairs' shortfalls. score and margin are None for a
-    singleton, whose shortfall is 0.
+    ``score`` is the mean pair affinity within the group; ``margin`` the smallest pass margin over
+    its pairs, ``min(cka_min - tau_rep, grad_cosine - tau_grad, rho - conflict_rate)`` in the
+    metrics' own units (>= 0 iff the group passes); ``shortfall`` the sum of the pairs'
+    shortfalls. score and margin are None for a singleton, whose shortfall is 0.
     """
 
     tasks: list[str]
@@ -571,6 +582,82 @@ def _exhaustive_budget(inst: _Instance, max_groups: int) -> list[int]:
 # --------------------------------------------------------------------------------------------------
 
 
+# Running totals of a grouping: (affinity sum, pair count, shortfall sum, failing groups, groups)
+_Totals = tuple[float, int, float, int, int]
+
+
+class _Scan:
+    """One neighbourhood scan: keeps the best strictly improving neighbour.
+
+    A neighbour replaces the groups at some positions by new groups. It is screened with running
+    sums (cheap, but float-noisy) and confirmed with the exact, order-free key; the screen lets near
+    ties through, so noise never hides a real improvement.
+    """
+
+    def __init__(
+        self,
+        inst: _Instance,
+        groups: list[int],
+        key: _Key,
+        require_passing: bool,
+        max_groups: int | None,
+    ) -> None:
+        self.inst = inst
+        self.groups = groups
+        self.require_passing = require_passing
+        self.max_groups = max_groups
+        self.best_key = key
+        self.best: tuple[list[int], _Key] | None = None
+        self.totals = self._add((0.0, 0, 0.0, 0, 0), groups, 1)
+
+    def _add(self, totals: _Totals, groups: Iterable[int], sign: int) -> _Totals:
+        aff, pairs, short, failing, n = totals
+        for g in groups:
+            st = self.inst.stats(g)
+            aff += sign * st.affinity
+            pairs += sign * st.pairs
+            short += sign * st.shortfall
+            failing += sign * (not st.passes)
+            n += sign
+        return aff, pairs, short, failing, n
+
+    def without(self, removed: Sequence[int]) -> _Totals:
+        return self._add(self.totals, (self.groups[k] for k in removed), -1)
+
+    def offer(
+        self, removed: Sequence[int], added: Sequence[int], base: _Totals | None = None
+    ) -> None:
+        """Consider replacing the groups at positions ``removed`` by the (non-empty) ``added``."""
+        inst = self.inst
+        added = [g for g in added if g]
+        if self.require_passing and not all(inst.stats(g).passes for g in added):
+            return
+        if base is None:
+            base = self.without(removed)
+        aff, pairs, short, failing, n = self._add(base, added, 1)
+        if self.max_groups is not None and n > self.max_groups:
+            return
+        best = self.best_key
+        if (failing > 0) != best[0]:
+            if failing > 0:
+                return
+        elif short > best[1] + 1e-9:
+            return
+        elif short >= best[1] - 1e-9:
+            if n > best[2]:
+                return
+            if n == best[2]:
+                mean = -aff / pairs if pairs else math.inf
+                if mean > best[3] + 1e-9:
+                    return
+        cand = [g for k, g in enumerate(self.groups) if k not in removed]
+        cand.extend(added)
+        key = inst.key(cand)
+        if key < best:
+            self.best_key = key
+            self.best = (cand, key)
+
+
 class _Heuristic:
     """Greedy starts + group elimination + local search; deterministic for a given seed."""
 
@@ -609,11 +696,12 @@ class _Heuristic:
     # ---- feasible mode: every group passes; minimise (n_groups, -mean affinity) ----
 
     def feasible(self) -> list[list[int]]:
-        """A locally optimal passing grouping from each start."""
+        """A locally optimal passing grouping from each start (three-group re-partitions included:
+        with passing groups required they are cheap)."""
         results = []
         for order in self.orderings:
             groups = self._greedy(order)
-            groups = self._local_search(groups, require_passing=True, max_groups=None)
+            groups = self._local_search(groups, require_passing=True, max_groups=None, polish=True)
             results.append(groups)
         return results
 
@@ -685,9 +773,6 @@ class _Heuristic:
         """Hill-climb to a local optimum (strict key improvements only, so it terminates).
         ``polish`` adds the costlier three-group re-partitions."""
         inst = self.inst
-        moves = [self._best_move, self._best_swap, self._best_repartition]
-        if polish:
-            moves.append(self._best_repartition3)
         groups = [g for g in groups if g]
         key = inst.key(groups)
         while True:
@@ -696,111 +781,88 @@ class _Heuristic:
                 if reduced is not None:
                     groups, key = reduced, inst.key(reduced)
                     continue
-            for move in moves:
-                found = move(groups, key, require_passing, max_groups)
-                if found is not None:
-                    groups, key = found
-                    break
-            else:
+            found = self._improve(groups, key, require_passing, max_groups, polish)
+            if found is None:
                 return groups
+            groups, key = found
 
-    def _admissible(self, groups: list[int], require_passing: bool, max_groups: int | None) -> bool:
-        if max_groups is not None and len(groups) > max_groups:
-            return False
-        return not require_passing or all(self.inst.passes(g) for g in groups)
-
-    def _best_move(
-        self, groups: list[int], key: _Key, require_passing: bool, max_groups: int | None
+    def _improve(
+        self,
+        groups: list[int],
+        key: _Key,
+        require_passing: bool,
+        max_groups: int | None,
+        polish: bool,
     ) -> tuple[list[int], _Key] | None:
-        """Best single-task move into another group (or a new one, when that is allowed)."""
-        inst = self.inst
-        best: tuple[list[int], _Key] | None = None
-        best_key = key
+        """The best neighbour in the first neighbourhood that has an improving one: single-task
+        moves, then swaps, then two-group re-partitions, then (polish) three-group ones."""
         may_open = not require_passing and (max_groups is None or len(groups) < max_groups)
+        scan = _Scan(self.inst, groups, key, require_passing, max_groups)
+        self._moves(scan, may_open)
+        if scan.best is None:
+            self._swaps(scan)
+        if scan.best is None:
+            self._repartitions(scan, 2, _REPARTITION_LIMIT, may_open)
+        if scan.best is None and polish:
+            self._repartitions(scan, 3, _REPARTITION3_LIMIT, False)
+        return scan.best
+
+    def _moves(self, scan: _Scan, may_open: bool) -> None:
+        """Move one task into another group (or a new one, when that is allowed)."""
+        groups = scan.groups
         for k, g in enumerate(groups):
             for task in _bits(g):
                 bit = 1 << task
                 source = g ^ bit
-                targets: list[int | None] = [j for j in range(len(groups)) if j != k]
+                for j, h in enumerate(groups):
+                    if j != k:
+                        scan.offer((k, j), (source, h | bit))
                 if may_open and source:
-                    targets.append(None)
-                for j in targets:
-                    cand = list(groups)
-                    if j is None:
-                        cand[k] = source
-                        cand.append(bit)
-                    else:
-                        target = groups[j] | bit
-                        if require_passing and not inst.passes(target):
-                            continue
-                        cand[j] = target
-                        cand[k] = source
-                    cand = [c for c in cand if c]
-                    cand_key = inst.key(cand)
-                    if cand_key < best_key:
-                        best, best_key = (cand, cand_key), cand_key
-        return best
+                    scan.offer((k,), (source, bit))
 
-    def _best_swap(
-        self, groups: list[int], key: _Key, require_passing: bool, max_groups: int | None
-    ) -> tuple[list[int], _Key] | None:
-        """Best exchange of two tasks between two groups."""
-        inst = self.inst
-        best: tuple[list[int], _Key] | None = None
-        best_key = key
+    def _swaps(self, scan: _Scan) -> None:
+        """Exchange two tasks between two groups."""
+        groups = scan.groups
         for k in range(len(groups)):
             for j in range(k + 1, len(groups)):
                 g, h = groups[k], groups[j]
                 for x in _bits(g):
                     for y in _bits(h):
                         swap = (1 << x) | (1 << y)
-                        g2, h2 = g ^ swap, h ^ swap
-                        if require_passing and not (inst.passes(g2) and inst.passes(h2)):
-                            continue
-                        cand = list(groups)
-                        cand[k], cand[j] = g2, h2
-                        cand_key = inst.key(cand)
-                        if cand_key < best_key:
-                            best, best_key = (cand, cand_key), cand_key
-        return best
+                        scan.offer((k, j), (g ^ swap, h ^ swap))
 
-    def _best_repartition(
-        self,
-        groups: list[int],
-        key: _Key,
-        require_passing: bool,
-        max_groups: int | None,
-        arity: int = 2,
-    ) -> tuple[list[int], _Key] | None:
-        """Best re-partition of the union of ``arity`` groups into at most ``arity`` groups (fewer
-        merges them), or one more when a new group may be opened. Unions larger than
-        ``_REPARTITION_LIMIT`` tasks are skipped."""
-        inst = self.inst
-        best: tuple[list[int], _Key] | None = None
-        best_key = key
-        may_open = not require_passing and (max_groups is None or len(groups) < max_groups)
-        arities = [arity, arity - 1] if may_open else [arity]
-        for size in arities:
-            if size < 1 or size > len(groups):
+    def _repartitions(self, scan: _Scan, arity: int, limit: int, may_open: bool) -> None:
+        """Re-partition the union of ``arity`` groups into at most ``arity`` groups (fewer merges
+        them); when a new group may be opened, also split one group in two. Unions of more than
+        ``limit`` tasks are skipped (2^(u-1) splits for two groups). When groups must pass, a
+        group none of whose tasks is compatible with a task of the others cannot change, so such
+        combinations are skipped."""
+        groups = scan.groups
+        compatible = self.inst.compatible
+        reach = []  # tasks outside each group that pass with one of its tasks
+        for g in groups:
+            r = 0
+            for task in _bits(g):
+                r |= compatible[task]
+            reach.append(r & ~g)
+        plans = [(chosen, arity) for chosen in combinations(range(len(groups)), arity)]
+        if may_open:
+            plans += [((k,), 2) for k in range(len(groups))]
+        for chosen, blocks in plans:
+            union = 0
+            for k in chosen:
+                union |= groups[k]
+            if union.bit_count() > limit:
                 continue
-            for chosen in combinations(range(len(groups)), size):
-                union = 0
-                for k in chosen:
-                    union |= groups[k]
-                if union.bit_count() > _REPARTITION_LIMIT:
-                    continue
-                rest = [g for i, g in enumerate(groups) if i not in chosen]
-                blocks = size + 1 if may_open else size
-                for split in self._splits(_bits(union), blocks, require_passing):
-                    cand = rest + split
-                    if max_groups is not None and len(cand) > max_groups:
-                        continue
-                    cand_key = inst.key(cand)
-                    if cand_key < best_key:
-                        best, best_key = (cand, cand_key), cand_key
-        return best
+            if scan.require_passing and any(reach[k] & union == 0 for k in chosen):
+                continue
+            base = scan.without(chosen)
+            for split in self._splits(_bits(union), blocks, scan.require_passing):
+                scan.offer(chosen, split, base)
 
-    def _splits(self, members: list[int], max_blocks: int, require_passing: bool) -> Iterator[list[int]]:
+    def _splits(
+        self, members: list[int], max_blocks: int, require_passing: bool
+    ) -> Iterator[list[int]]:
         """Every partition of ``members`` into at most ``max_blocks`` groups (passing groups only
         when required), each once (restricted growth order)."""
         compatible = self.inst.compatible
@@ -825,16 +887,10 @@ class _Heuristic:
 
         return extend(0)
 
-    def _best_repartition3(
-        self, groups: list[int], key: _Key, require_passing: bool, max_groups: int | None
-    ) -> tuple[list[int], _Key] | None:
-        return self._best_repartition(groups, key, require_passing, max_groups, arity=3)
-
-    def polish(self, groups: list[int], max_groups: int | None) -> list[int]:
-        """The local search with three-group re-partitions, on the best grouping of a mode."""
-        return self._local_search(
-            groups, require_passing=max_groups is None, max_groups=max_groups, polish=True
-        )
+    def polish(self, groups: list[int], max_groups: int) -> list[int]:
+        """The budget-mode local search with three-group re-partitions, for the best start only
+        (without the pass requirement they are costly)."""
+        return self._local_search(groups, require_passing=False, max_groups=max_groups, polish=True)
 
     # ---- budget mode: at most max_groups groups; minimise the budget key ----
 
@@ -848,19 +904,29 @@ class _Heuristic:
         return results
 
     def _merge_down(self, groups: list[int], max_groups: int) -> list[int]:
+        """Merge the two groups whose merge adds the least shortfall (then keeps the highest mean
+        affinity) until at most max_groups remain."""
         inst = self.inst
         groups = list(groups)
         while len(groups) > max_groups:
-            best: tuple[_Key, list[int]] | None = None
+            stats = [inst.stats(g) for g in groups]
+            aff = sum(st.affinity for st in stats)
+            pairs = sum(st.pairs for st in stats)
+            short = sum(st.shortfall for st in stats)
+            best: tuple[float, float, int, int] | None = None
             for k in range(len(groups)):
                 for j in range(k + 1, len(groups)):
-                    cand = [g for i, g in enumerate(groups) if i != k and i != j]
-                    cand.append(groups[k] | groups[j])
-                    cand_key = inst.key(cand)
-                    if best is None or cand_key < best[0]:
-                        best = (cand_key, cand)
+                    merged = inst.stats(groups[k] | groups[j])
+                    st_k, st_j = stats[k], stats[j]
+                    new_short = short + merged.shortfall - st_k.shortfall - st_j.shortfall
+                    new_aff = aff + merged.affinity - st_k.affinity - st_j.affinity
+                    new_pairs = pairs + merged.pairs - st_k.pairs - st_j.pairs
+                    option = (new_short, -new_aff / new_pairs, k, j)
+                    if best is None or option < best:
+                        best = option
             assert best is not None
-            groups = best[1]
+            _, _, k, j = best
+            groups = [g for i, g in enumerate(groups) if i not in (k, j)] + [groups[k] | groups[j]]
         return groups
 
     def _greedy_budget(self, order: list[int], max_groups: int) -> list[int]:
@@ -960,7 +1026,9 @@ def _result(
 ) -> GroupingResult:
     grouping = [[names[i] for i in members] for members in _canon(groups)]
     verdicts = judge_grouping(grouping, table, th)
-    pairs = [table.get(a, b) for group in grouping for i, a in enumerate(group) for b in group[i + 1 :]]
+    pairs = [
+        table.get(a, b) for group in grouping for i, a in enumerate(group) for b in group[i + 1 :]
+    ]
     mean = math.fsum(ev.affinity for ev in pairs) / len(pairs) if pairs else None
     feasible = all(v.matches for v in verdicts)
     notes = list(notes)
@@ -1043,7 +1111,7 @@ def heuristic_grouping(
     inst = _Instance(names, table, th)
     search = _Heuristic(inst, restarts, seed)
     starts = search.feasible()
-    groups = search.polish(_pick(inst, starts), max_groups=None)
+    groups = _pick(inst, starts)  # every start was polished
     unbudgeted = len(groups)
     if max_groups is not None and len(groups) > max_groups:
         groups = search.polish(_pick(inst, search.budget(starts, max_groups)), max_groups)
@@ -1073,6 +1141,10 @@ def recommend_grouping(
     exhaustive_limit: int = 10,
 ) -> GroupingResult:
     """The recommended grouping: exhaustive up to ``exhaustive_limit`` tasks, heuristic beyond."""
+    if not 0 <= exhaustive_limit <= EXHAUSTIVE_HARD_LIMIT:
+        raise ValueError(
+            f"exhaustive_limit must lie in [0, {EXHAUSTIVE_HARD_LIMIT}], got {exhaustive_limit}"
+        )
     if len(tasks) <= exhaustive_limit:
         return exhaustive_grouping(tasks, table, th, max_groups=max_groups)
     return heuristic_grouping(tasks, table, th, max_groups=max_groups)
@@ -1105,7 +1177,9 @@ class CandidateScore:
         return [list(v.tasks) for v in self.groups]
 
 
-def normalize_candidate(candidate: Sequence[Sequence[str]], tasks: Sequence[str]) -> list[list[str]]:
+def normalize_candidate(
+    candidate: Sequence[Sequence[str]], tasks: Sequence[str]
+) -> list[list[str]]:
     """A candidate grouping as a full partition of ``tasks`` in canonical order.
 
     ValueError for an unknown task, a task named twice or an empty group (the message names the task
@@ -1161,7 +1235,10 @@ def score_candidates(
         grouping = normalize_candidate(candidate, tasks)
         verdicts = judge_grouping(grouping, table, th)
         pairs = [
-            table.get(a, b) for group in grouping for i, a in enumerate(group) for b in group[i + 1 :]
+            table.get(a, b)
+            for group in grouping
+            for i, a in enumerate(group)
+            for b in group[i + 1 :]
         ]
         scores.append(
             CandidateScore(
@@ -1207,7 +1284,9 @@ def overall_verdict(grouping: Sequence[Sequence[str]], n_tasks: int) -> tuple[st
     """
     sizes = [len(group) for group in grouping]
     if n_tasks < 1 or sum(sizes) != n_tasks or 0 in sizes:
-        raise ValueError(f"the grouping {list(map(list, grouping))} is no partition of {n_tasks} tasks")
+        raise ValueError(
+            f"the grouping {list(map(list, grouping))} is no partition of {n_tasks} tasks"
+        )
     if all(size == 1 for size in sizes):
         return "single_task", "keep single-task models (one per task)"
     if len(sizes) == 1:

@@ -112,6 +112,8 @@ def prepare(spec: JobSpec) -> PreparedJob:
             val_ids=tokenize(tokenizer, d.val_texts, max_len),
             val_labels=np.asarray(d.val_labels, dtype=np.int64),
             n_classes=len(d.classes),
+            dataset=d.dataset,
+            train_rows=np.asarray(d.train_rows, dtype=np.int64) if d.train_rows else None,
         )
         for name, d in data.items()
     }

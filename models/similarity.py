@@ -51,14 +51,17 @@ estimators need is a function of
 
 so ``HSIC_u = (F + s s^T / ((n-1)(n-2)) - 2/(n-2) R R^T) / (n (n-3))`` is a handful of ``T x T``
 matrix operations (``R`` stacks the ``r_k``), and ``HSIC_biased = F / (n-1)^2`` on centred
-features. ``F`` is obtained along one of two paths, whichever needs fewer flops:
+features. Since the features are centred, ``X_k^T 1 = 0``, so ``r_k = -diag(K_k)`` (the squared
+row norms, a by-product of the Gram computation) and ``s_k = -tr K_k``.
+``F`` is obtained along one of two paths, whichever needs fewer flops:
 
 * **Gram path** (``n`` small relative to ``T d``): the Gram matrices are produced one horizontal
-  strip of ``_GRAM_BLOCK`` rows at a time, for all models and layers at once (one batched GEMM per
-  strip), and only the upper block triangle is formed (off-diagonal blocks are weighted by
-  ``sqrt(2)`` so each contributes twice). Each strip is flattened and ``F += S S^T`` is one batched
-  GEMM (``T x (b n)`` by ``(b n) x T``). This nearly halves the Gram cost, and the workspace is one
-  strip, ``O(T b n)``, rather than ``O(T n^2)``.
+  strip of ``b = _GRAM_BLOCK`` rows at a time, for all models and layers at once, and only the
+  upper block triangle is formed: per strip, one batched GEMM for the diagonal ``b x b`` blocks
+  and one for the blocks right of them. Each is flattened and accumulated as ``F += S S^T`` (one
+  batched ``T x (b w)`` by ``(b w) x T`` GEMM; weight 2 for the off-diagonal part, which stands
+  for its transpose too). This nearly halves the Gram cost, and the workspace is one strip,
+  ``O(T b n)``, rather than ``O(T n^2)``.
 * **Feature path** (``n`` large relative to ``T d``): ``F[k, l] = ||X_k^T X_l||_F^2`` from one
   GEMM of the concatenated features (``(T d) x n`` by ``n x (T d)``); the zeroed diagonal is
   removed afterwards by subtracting ``sum_i K_k[i, i] K_l[i, i]``.
@@ -77,7 +80,6 @@ the full-data code path, so it reproduces the full result bit for bit.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -113,7 +115,6 @@ _GRAM_BLOCK = 128
 _CHUNK_BYTES = 32 << 20
 #: Largest ``(T d)^2`` float64 cross-covariance the feature-space path may build, in bytes.
 _FEATURE_PATH_BYTES = 256 << 20
-_SQRT2 = math.sqrt(2.0)
 
 #: Maps (group index, member index) inside a batched computation to a human-readable name.
 _Labeler = Callable[[int, int], str]
@@ -437,16 +438,18 @@ def _batched_cka(
         x = buffer[: min(chunk, n_groups - g0)]
         fill(x, g0)
         chunk_label = _offset(label, g0)
-        _standardise_(x, chunk_label)
+        offset_sq = _standardise_(x, chunk_label)
         if len(bounds) == 1:
-            hsic, scale = _hsic(x, debiased=debiased, center=False)
+            hsic, scale, centred_sq = _hsic(x, debiased=debiased, center=False)
         else:
+            centred_sq = torch.linalg.vector_norm(x, dim=(-2, -1)).square()
             hsic = x.new_zeros((x.shape[0], t_count, t_count))
             scale = torch.zeros_like(hsic)
             for start, stop in bounds:
-                h_b, s_b = _hsic(x[:, :, start:stop], debiased=debiased, center=True)
+                h_b, s_b, _ = _hsic(x[:, :, start:stop], debiased=debiased, center=True)
                 hsic += h_b
                 scale += s_b
+        _check_not_constant(centred_sq, offset_sq, chunk_label, n)
         outputs.append(_normalise(hsic, scale, chunk_label, debiased))
     return torch.cat(outputs).cpu()
 
@@ -455,16 +458,17 @@ def _offset(label: _Labeler, g0: int) -> _Labeler:
     return lambda g, t: label(g0 + g, t)
 
 
-def _standardise_(x: torch.Tensor, label: _Labeler) -> None:
+def _standardise_(x: torch.Tensor, label: _Labeler) -> torch.Tensor:
     """In place on ``x`` ``(G, T, n, d)`` float64: reject non-finite values, bring magnitudes
-    into a safe range, centre the columns, and reject constant representations.
+    into a safe range (see ``_SAFE_MAGNITUDE``) and centre the columns.
 
-    "Constant" is judged relative to scale: the centred Frobenius norm must exceed
-    ``_CONSTANT_RTOL`` times the uncentred one (so ``1e-30 * randn`` is valid, ``[c, c, ...]`` is
-    not, even when rounding leaves a ~1e-16 relative residue after centring).
+    Returns ``n ||mean||^2`` per representation ``(G, T)``, the part of the squared Frobenius norm
+    that centring removed (for :func:`_check_not_constant`).
     """
     n = x.shape[-2]
-    amax = torch.linalg.vector_norm(x, ord=math.inf, dim=(-2, -1))  # (G, T); NaN propagates
+    flat = x.view(x.shape[0], x.shape[1], -1)
+    # max |x| per representation; amax/amin propagate NaN (and are much faster than an inf-norm).
+    amax = torch.maximum(flat.amax(dim=-1), -flat.amin(dim=-1))
     bad = ~torch.isfinite(amax)
     if bool(bad.any()):
         g, t = (int(i) for i in bad.nonzero()[0])
@@ -474,9 +478,18 @@ def _standardise_(x: torch.Tensor, label: _Labeler) -> None:
         x.div_(torch.where(amax > 0, amax, torch.ones_like(amax))[..., None, None])
     mean = x.mean(dim=-2, keepdim=True)
     x.sub_(mean)
-    centred = torch.linalg.vector_norm(x, dim=(-2, -1))
-    # ||x||^2 = ||x - mean||^2 + n ||mean||^2, without another pass over x.
-    raw = torch.sqrt(centred.square() + n * mean.square().sum(dim=(-2, -1)))
+    return n * mean.square().sum(dim=(-2, -1))
+
+
+def _check_not_constant(
+    centred_sq: torch.Tensor, offset_sq: torch.Tensor, label: _Labeler, n: int
+) -> None:
+    """Reject constant representations, relative to scale: the centred Frobenius norm must exceed
+    ``_CONSTANT_RTOL`` times the uncentred one, ``sqrt(centred_sq + offset_sq)`` (so
+    ``1e-30 * randn`` is valid and ``[c, c, ...]`` is not, even though rounding leaves a ~1e-16
+    relative residue after centring)."""
+    centred = centred_sq.sqrt()
+    raw = (centred_sq + offset_sq).sqrt()
     bad = ~(centred > _CONSTANT_RTOL * raw)  # also true when raw == 0 (all-zero input)
     if bool(bad.any()):
         g, t = (int(i) for i in bad.nonzero()[0])
@@ -497,69 +510,87 @@ def _use_feature_path(t_count: int, n: int, d: int) -> bool:
     return feature < gram and 8 * (t_count * d) ** 2 <= _FEATURE_PATH_BYTES
 
 
-def _hsic(x: torch.Tensor, *, debiased: bool, center: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _hsic(
+    x: torch.Tensor, *, debiased: bool, center: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """HSIC estimates between all members of each group.
 
     Args:
         x: ``(G, T, m, d)`` float64 representations (of the ``m`` inputs of one minibatch or of all
             inputs).
         debiased: unbiased (Song et al. 2012) or biased estimator.
-        center: column-centre ``x`` first (needed for the biased estimator on a minibatch; the
-            unbiased estimator is invariant to it, and it helps numerically).
+        center: column-centre ``x`` first; pass ``False`` only when ``x`` is already centred.
+            Both estimators are invariant to centring, and the formulas below use it: for centred
+            ``x``, ``K 1 = 0``, so the row sums of ``K~`` are ``-diag(K)`` and
+            ``1^T K~ 1 = -tr K``, and ``HSIC_u(K, L) = [<K~, L~> + tr K tr L / ((m-1)(m-2))
+            - 2/(m-2) diag(K).diag(L)] / (m (m-3))``.
 
     Returns:
-        ``(hsic, scale)``, both ``(G, T, T)``: the HSIC matrix and the magnitude of the terms it was
-        computed from (used to decide when a self-HSIC is zero up to rounding).
+        ``(hsic, scale, trace)``: the ``(G, T, T)`` HSIC matrix, the ``(G, T, T)`` magnitude of the
+        terms it was computed from (to decide when a self-HSIC is zero up to rounding), and the
+        ``(G, T)`` traces ``tr K = ||x||_F^2``.
     """
     if center:
         x = x - x.mean(dim=-2, keepdim=True)
     m = x.shape[-2]
-    products = _gram_inner_products(x, zero_diagonal=debiased)
+    products, diag = _gram_inner_products(x, zero_diagonal=debiased)
+    trace = diag.sum(dim=-1)
     if not debiased:
         hsic = products / float((m - 1) ** 2)
-        return hsic, hsic.abs()
-    diag = torch.linalg.vector_norm(x, dim=-1).square()  # (G, T, m): K[i, i]
-    row_sums = (x @ x.sum(dim=-2).unsqueeze(-1)).squeeze(-1) - diag  # K~ 1
-    totals = row_sums.sum(dim=-1)  # 1^T K~ 1
-    outer = totals.unsqueeze(-1) * totals.unsqueeze(-2) / float((m - 1) * (m - 2))
-    cross = (row_sums @ row_sums.transpose(-1, -2)) * (2.0 / (m - 2))
+        return hsic, hsic.abs(), trace
+    # x is centred, so K 1 = x (x^T 1) = 0: the row sums of K~ are -diag(K) and 1^T K~ 1 = -tr K.
+    outer = trace.unsqueeze(-1) * trace.unsqueeze(-2) / float((m - 1) * (m - 2))
+    cross = (diag @ diag.transpose(-1, -2)) * (2.0 / (m - 2))
     norm = float(m * (m - 3))
     hsic = (products + outer - cross) / norm
     scale = (products.abs() + outer.abs() + cross.abs()) / norm
-    return hsic, scale
+    return hsic, scale, trace
 
 
-def _gram_inner_products(x: torch.Tensor, *, zero_diagonal: bool) -> torch.Tensor:
+def _gram_inner_products(
+    x: torch.Tensor, *, zero_diagonal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``F[g, k, l] = <K_gk, K_gl>_F`` with ``K_gk = x[g, k] x[g, k]^T`` (diagonal set to zero
-    when ``zero_diagonal``), for all ``g, k, l``; ``x`` is ``(G, T, m, d)`` float64."""
+    when ``zero_diagonal``), for all ``g, k, l``; ``x`` is ``(G, T, m, d)`` float64.
+
+    Also returns the diagonals ``K_gk[i, i]`` as a ``(G, T, m)`` tensor."""
     n_groups, t_count, m, d = x.shape
     if _use_feature_path(t_count, m, d):
         feats = x.permute(0, 2, 1, 3).reshape(n_groups, m, t_count * d)
         cov = feats.transpose(1, 2) @ feats  # (G, T d, T d): blocks X_k^T X_l
         out = cov.view(n_groups, t_count, d, t_count, d).square_().sum(dim=(2, 4))
+        diag = torch.linalg.vector_norm(x, dim=-1).square()  # (G, T, m)
         if zero_diagonal:
-            diag = torch.linalg.vector_norm(x, dim=-1).square()  # (G, T, m)
             out -= diag @ diag.transpose(1, 2)
     else:
         flat_x = x.reshape(n_groups * t_count, m, d)
         out = x.new_zeros((n_groups, t_count, t_count))
+        diag = x.new_empty((n_groups * t_count, m))
         block = min(_GRAM_BLOCK, m)
-        workspace = x.new_empty(n_groups * t_count * block * m)  # one strip, reused
+        # Workspaces for one strip (diagonal block + the blocks right of it), reused.
+        diag_space = x.new_empty(n_groups * t_count * block * block)
+        off_space = x.new_empty(n_groups * t_count * block * max(m - block, 0))
         for start in range(0, m, block):
             stop = min(start + block, m)
+            rows = flat_x[:, start:stop]
             width = stop - start
-            # Rows [start, stop) of every Gram matrix, from column `start` on (upper triangle).
-            strip = workspace[: n_groups * t_count * width * (m - start)].view(
-                n_groups * t_count, width, m - start
-            )
-            torch.bmm(flat_x[:, start:stop], flat_x[:, start:].transpose(1, 2), out=strip)
+            # Diagonal block K[start:stop, start:stop] of every Gram matrix: counts once.
+            diag_block = diag_space[: n_groups * t_count * width * width].view(-1, width, width)
+            torch.bmm(rows, rows.transpose(1, 2), out=diag_block)
+            block_diag = diag_block.diagonal(dim1=-2, dim2=-1)
+            diag[:, start:stop] = block_diag
             if zero_diagonal:
-                strip[:, :, :width].diagonal(dim1=-2, dim2=-1).zero_()
-            if stop < m:
-                strip[:, :, width:].mul_(_SQRT2)  # off-diagonal blocks count twice
-            flat = strip.view(n_groups, t_count, -1)
+                block_diag.zero_()
+            flat = diag_block.view(n_groups, t_count, -1)
             out.baddbmm_(flat, flat.transpose(1, 2))
-    return 0.5 * (out + out.transpose(1, 2))
+            if stop < m:
+                # K[start:stop, stop:] (upper triangle): counts twice, for K[stop:, start:] too.
+                off = off_space[: n_groups * t_count * width * (m - stop)].view(-1, width, m - stop)
+                torch.bmm(rows, flat_x[:, stop:].transpose(1, 2), out=off)
+                flat = off.view(n_groups, t_count, -1)
+                out.baddbmm_(flat, flat.transpose(1, 2), alpha=2.0)
+        diag = diag.view(n_groups, t_count, m)
+    return 0.5 * (out + out.transpose(1, 2)), diag
 
 
 def _normalise(

@@ -39,14 +39,14 @@ def render(rec: dict[str, Any]) -> str:
         if len(g["evidence"]) > 4:
             lines.append(f"      - ... and {len(g['evidence']) - 4} more")
     lines.append("")
-    lines.append("Pairs:  min-CKA (layer)  mean-CKA  grad-cos  conflicts  TAG a->b / b->a")
+    lines.append("Pairs:  min-CKA (layer)  mean-CKA  grad-cos  conflicts  TAG x1000 a->b / b->a")
     for p in rec["pairs"]:
         a, b = p["tasks"]
         ok = "ok" if p["passes"] else "x "
         lines.append(
             f"  {ok} {a} / {b}: {p['cka_min']:.2f} (L{p['cka_min_layer']})  {p['cka_mean']:.2f}"
             f"  {p['grad_cosine']:+.2f}  {100 * p['conflict_rate']:.0f}%"
-            f"  {p['tag_affinity'][0]:+.3f} / {p['tag_affinity'][1]:+.3f}"
+            f"  {1000 * p['tag_affinity'][0]:+.2f} / {1000 * p['tag_affinity'][1]:+.2f}"
         )
     if rec["candidates"]:
         lines.append("")

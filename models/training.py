@@ -43,6 +43,10 @@ class TokenizedTask:
     val_ids: list[list[int]]
     val_labels: np.ndarray
     n_classes: int
+    # Where each training example sits in its dataset (dataset name, row positions): tasks of one
+    # dataset can then be read on the same texts (stage 3 draws shared minibatches).
+    dataset: str = ""
+    train_rows: np.ndarray | None = None
 
 
 def tokenize(tokenizer: object, texts: Sequence[str], max_length: int) -> list[list[int]]:

@@ -136,3 +136,27 @@ def test_alignment_of_identical_tasks_is_high(tiny_bert: Path) -> None:
     assert result.conflict_rate[0, 1] == 0.0
     assert result.cos_per_layer.shape == (2, 2, 3)
     assert result.tag[0, 1] > 0
+
+
+def test_shared_minibatches_give_tasks_of_one_dataset_the_same_texts() -> None:
+    from models.gradients import shared_minibatches
+
+    def task(rows: list[int], dataset: str = "d") -> TokenizedTask:
+        n = len(rows)
+        return TokenizedTask([[1]] * n, np.zeros(n, dtype=np.int64), [[1]], np.zeros(1, np.int64),
+                             2, dataset=dataset, train_rows=np.asarray(rows))
+
+    tasks = {
+        "a": task(list(range(100))),
+        "b": task(list(range(0, 100, 2))),  # labelled on half the rows
+        "c": task(list(range(100)), dataset="other"),
+        "d": task(list(range(100))),  # labelled on the same rows as a
+    }
+    picks = shared_minibatches(tasks, 10, np.random.default_rng(0))
+    rows = {name: tasks[name].train_rows[idx] for name, idx in picks.items()}  # type: ignore[index]
+    assert all(len(r) == 10 for r in rows.values())
+    assert (rows["a"] == rows["d"]).all()  # same rows labelled: the very same texts
+    # Any labelled row of b that a drew ranks among b's best too, so b drew it as well.
+    assert {r for r in rows["a"] if r % 2 == 0} <= set(rows["b"])
+    again = shared_minibatches(tasks, 10, np.random.default_rng(0))
+    assert all((again[n] == picks[n]).all() for n in picks)
