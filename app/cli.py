@@ -49,8 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     an.add_argument("--split-column", default=None, help="column of train/val values")
     an.add_argument("--model", default="minilm-l6", help="registered name or local directory")
-    an.add_argument("--candidate", action="append", type=_candidate, default=[],
-                    help='a candidate task set, e.g. "a,b;c" (repeatable)')
+    an.add_argument(
+        "--candidate",
+        action="append",
+        type=_candidate,
+        default=[],
+        help='a candidate task set, e.g. "a,b;c" (repeatable)',
+    )
     an.add_argument("--epochs", type=int, default=None)
     an.add_argument("--max-steps", type=int, default=None)
     an.add_argument("--lr", type=float, default=None)
@@ -84,8 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--out", required=True, type=Path)
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--rows", type=int, default=800)
-    sy.add_argument("--features", type=_split_list, default=["2", "2", "1"],
-                    help="tasks per latent feature, e.g. 2,2,1")
+    sy.add_argument(
+        "--features",
+        type=_split_list,
+        default=["2", "2", "1"],
+        help="tasks per latent feature, e.g. 2,2,1",
+    )
     sy.add_argument("--classes", type=int, default=3)
     sy.add_argument("--noise", type=float, default=0.1)
     sy.add_argument("--missing", type=float, default=0.0)
@@ -139,9 +148,13 @@ def _job_from_args(args: argparse.Namespace) -> Any:
         elif ":" in entry:
             stem, column = entry.split(":", 1)
             if stem not in by_dataset:
-                raise ValueError(f"--tasks: {entry!r} names no DATA file (known: {', '.join(stems)})")
+                raise ValueError(
+                    f"--tasks: {entry!r} names no DATA file (known: {', '.join(stems)})"
+                )
         else:
-            raise ValueError(f"--tasks: with several DATA files write FILE_STEM:column, not {entry!r}")
+            raise ValueError(
+                f"--tasks: with several DATA files write FILE_STEM:column, not {entry!r}"
+            )
         by_dataset[stem].append(column)
         tasks.append(TaskSpec(name=entry, dataset=stem, column=column))
     datasets = []
@@ -150,10 +163,14 @@ def _job_from_args(args: argparse.Namespace) -> Any:
         if not columns:
             raise ValueError(f"--tasks: no task uses DATA file {str(path)!r}")
         extra = [args.split_column] if args.split_column else []
-        frame = load_dataset(path, text_column=args.text_column, label_columns=columns + extra,
-                             name=path.name)
-        datasets.append(DatasetSpec(name=stem, frame=frame, text_column=args.text_column,
-                                    split_column=args.split_column))
+        frame = load_dataset(
+            path, text_column=args.text_column, label_columns=columns + extra, name=path.name
+        )
+        datasets.append(
+            DatasetSpec(
+                name=stem, frame=frame, text_column=args.text_column, split_column=args.split_column
+            )
+        )
     training: dict[str, Any] = {
         k: getattr(args, k)
         for k in ("epochs", "max_steps", "lr", "batch_size", "max_length", "probe_size", "seed")
@@ -165,8 +182,11 @@ def _job_from_args(args: argparse.Namespace) -> Any:
         tau_grad=th.tau_grad if args.tau_grad is None else args.tau_grad,
         rho=th.rho if args.rho is None else args.rho,
     )
-    overrides: dict[str, Any] = {"thresholds": thresholds, "max_groups": args.max_groups,
-                                 "align_steps": args.align_steps}
+    overrides: dict[str, Any] = {
+        "thresholds": thresholds,
+        "max_groups": args.max_groups,
+        "align_steps": args.align_steps,
+    }
     if args.device:
         overrides["device"] = args.device
     if args.verify_seeds:
@@ -210,16 +230,29 @@ def example_path(name: str = "tickets") -> tuple[Path, list[list[str]]]:
 def cmd_demo(args: argparse.Namespace) -> int:
     data, planted = example_path()
     argv = [
-        "analyze", str(data), "--text-column", "text",
-        "--tasks", ",".join(t for group in planted for t in group),
-        "--model", args.model, "--epochs", str(args.epochs), "--max-length", "64",
-        "--candidate", ";".join(",".join(group) for group in planted),
-        "--out", str(args.out),
+        "analyze",
+        str(data),
+        "--text-column",
+        "text",
+        "--tasks",
+        ",".join(t for group in planted for t in group),
+        "--model",
+        args.model,
+        "--epochs",
+        str(args.epochs),
+        "--max-length",
+        "64",
+        "--candidate",
+        ";".join(",".join(group) for group in planted),
+        "--out",
+        str(args.out),
     ]
     if args.verify:
         argv.append("--verify")
-    print("taskgrouper " + " ".join(f"'{a}'" if " " in a or ";" in a else a for a in argv),
-          file=sys.stderr)
+    print(
+        "taskgrouper " + " ".join(f"'{a}'" if " " in a or ";" in a else a for a in argv),
+        file=sys.stderr,
+    )
     return cmd_analyze(build_parser().parse_args(argv))
 
 

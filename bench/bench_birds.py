@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.settings import get_settings  # noqa: E402
-from models.options import DatasetSpec, JobSpec, TaskSpec, TrainingConfig  # noqa: E402
-from models.pipeline import run_job  # noqa: E402
-from models.registry import resolve_model  # noqa: E402
-from models.summary import render  # noqa: E402
+from app.settings import get_settings
+from models.options import DatasetSpec, JobSpec, TaskSpec, TrainingConfig
+from models.pipeline import run_job
+from models.registry import resolve_model
+from models.summary import render
 
 
 def load_birds(rows: int, seed: int):  # type: ignore[no-untyped-def]
@@ -56,9 +56,14 @@ def main() -> None:
         tasks=[TaskSpec(t, "birds", t) for t in tasks],
         model_name="minilm-l6",
         model_dir=resolve_model("minilm-l6", settings.models, allow_path=False),
-        training=TrainingConfig(epochs=args.epochs, lr=args.lr, max_length=args.max_length,
-                                batch_size=args.batch_size, probe_size=args.probe_size,
-                                seed=args.seed),
+        training=TrainingConfig(
+            epochs=args.epochs,
+            lr=args.lr,
+            max_length=args.max_length,
+            batch_size=args.batch_size,
+            probe_size=args.probe_size,
+            seed=args.seed,
+        ),
         analysis=settings.analysis_config(),
         verify=args.verify,
     )
@@ -67,8 +72,11 @@ def main() -> None:
 
     def progress(stage: str, fraction: float) -> None:
         if stage != last["stage"]:
-            print(f"[{100 * fraction:5.1f}%] {stage}  ({time.perf_counter() - start:.0f}s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{100 * fraction:5.1f}%] {stage}  ({time.perf_counter() - start:.0f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
             last["stage"] = stage
 
     rec = run_job(spec, progress=progress)
@@ -79,16 +87,22 @@ def main() -> None:
     steps = sum(t["stl"]["steps"] for t in rec["tasks"])
     stl_seconds = sum(t["stl"]["seconds"] for t in rec["tasks"])
     print()
-    print(f"bench_birds: openintro/birds, {len(frame)} rows, tasks {','.join(tasks)}, "
-          f"minilm-l6, epochs {args.epochs}, lr {args.lr}, max_length {args.max_length}")
-    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-          f"device {rec['settings']['device']}")
+    print(
+        f"bench_birds: openintro/birds, {len(frame)} rows, tasks {','.join(tasks)}, "
+        f"minilm-l6, epochs {args.epochs}, lr {args.lr}, max_length {args.max_length}"
+    )
+    print(
+        f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"device {rec['settings']['device']}"
+    )
     print(f"{'stage':<14}{'seconds':>10}")
     for stage, seconds in rec["timings"].items():
         print(f"{stage:<14}{seconds:>10.1f}")
     print(f"{'wall':<14}{wall:>10.1f}")
-    print(f"single-task steps {steps}, {stl_seconds / max(steps, 1):.2f} s/step; "
-          f"verdict: {rec['verdict']['summary']}")
+    print(
+        f"single-task steps {steps}, {stl_seconds / max(steps, 1):.2f} s/step; "
+        f"verdict: {rec['verdict']['summary']}"
+    )
 
 
 if __name__ == "__main__":

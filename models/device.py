@@ -9,7 +9,7 @@ import torch
 
 
 def resolve_device(preference: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error, not a silent CPU run."""
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error, not a CPU run."""
     if preference == "cpu":
         return torch.device("cpu")
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):

@@ -3,15 +3,17 @@
 Random heads make gradients meaningless, so the gradients are measured at shared parameter points of
 a short joint warm-up: from the pretrained encoder, the task heads are first fitted on frozen
 features, then S joint steps train encoder and heads on the summed task losses. Every m steps, for
-each task i and its minibatch, g_i^l is the gradient of task i's loss with respect to encoder block l
+each task i and its minibatch, g_i^l is the gradient of task i's loss with respect to encoder
+block l
 (block 0 = embeddings, block l = transformer layer l). Per pair: the cosine per block and over the
 whole encoder, averaged over samples, and the conflict rate (share of samples with whole-encoder
 cosine < 0).
 
 From the same samples, TAG's lookahead affinity (Fifty et al. 2021):
-Z_{i->j} = 1 - L_j(theta - u_i) / L_j(theta), on task j's same batch, updating the shared encoder only.
-The lookahead is TAG's plain step theta - eta g_i with eta the warm-up's learning rate, g_i clipped to
-norm 1 as every training step here is (unclipped, a step on a freshly fitted head overshoots and
+Z_{i->j} = 1 - L_j(theta - u_i) / L_j(theta), on task j's same batch, moving the shared encoder
+only.
+The lookahead is TAG's plain step theta - eta g_i with eta the warm-up's learning rate, g_i clipped
+to norm 1 as every training step here is (unclipped, a step on a freshly fitted head overshoots and
 even a task's own loss rises); its losses are
 read in full precision (no autocast), because at fine-tuning learning rates the change is small: a
 first-order reading, Z_{i->j} ~ eta <g_i, g_j> / L_j, positive when task i's step helps task j.
@@ -43,6 +45,7 @@ from models.training import (
     TokenizedTask,
     check_cancel,
     collate,
+    model_config,
 )
 
 _MAX_GRAD_NORM = 1.0  # the training recipe's gradient clipping, also applied to lookahead steps
@@ -87,8 +90,9 @@ def block_cosines(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosines between task gradients, per block and over the whole vector.
 
-    ``grads`` is (T, P): each row one task's flattened gradient; ``bounds`` the [start, end) slice of
-    each block. Returns (per_block (B, T, T), whole (T, T)), float64. A zero gradient has cosine 0.
+    ``grads`` is (T, P): each row one task's flattened gradient; ``bounds`` the [start, end)
+    slice of each block. Returns (per_block (B, T, T), whole (T, T)), float64. A zero gradient
+    has cosine 0.
     """
     g = grads.double()
     dots = torch.stack([g[:, s:e] @ g[:, s:e].T for s, e in bounds])
@@ -112,6 +116,7 @@ def shared_minibatches(
     gradients differ by what the tasks ask of the encoder, not by which texts were drawn (TAG's
     "same batch"). Tasks without row positions draw on their own.
     """
+
     def rows_of(task: TokenizedTask) -> np.ndarray | None:
         rows = task.train_rows
         return rows if rows is not None and len(rows) == len(task.train_ids) else None
@@ -163,6 +168,7 @@ def fit_heads(
         x = torch.cat(feats)
         y = torch.as_tensor(task.train_labels[take], dtype=torch.long, device=device)
         head = model.heads[name]
+        assert isinstance(head, nn.Linear)
         with torch.enable_grad():
             opt = torch.optim.Adam(head.parameters(), lr=1e-2)
             for _ in range(iters):
@@ -188,7 +194,7 @@ def gradient_alignment(
     n_tasks = len(names)
     rng = np.random.default_rng(cfg.seed + 7919)
     torch.manual_seed(cfg.seed)
-    n_layers = int(pretrained.config.num_hidden_layers)  # type: ignore[union-attr]
+    n_layers = int(model_config(pretrained).num_hidden_layers)
     model = TaskModel(
         copy.deepcopy(pretrained), {n: t.n_classes for n, t in tasks.items()}, seed=cfg.seed
     ).to(device)
@@ -242,7 +248,9 @@ def gradient_alignment(
             cos_blocks, cos_whole = block_cosines(grads, bounds)
             per_layer.append(cos_blocks.permute(1, 2, 0).cpu().numpy())
             whole.append(cos_whole.cpu().numpy())
-            tags.append(_lookahead(model, names, batches, grads, params, optimizer, loss_fn, device))
+            tags.append(
+                _lookahead(model, names, batches, grads, params, optimizer, loss_fn, device)
+            )
         # The joint step: the encoder follows the summed task gradients; each head got its own.
         summed = grads.sum(0)
         pos = 0
@@ -255,7 +263,9 @@ def gradient_alignment(
         if on_step is not None:
             on_step(step + 1, steps)
     if not whole:
-        raise RuntimeError("gradient alignment took no samples: align_steps must exceed align_every")
+        raise RuntimeError(
+            "gradient alignment took no samples: align_steps must exceed align_every"
+        )
     cos_w = np.stack(whole)
     return AlignmentResult(
         tasks=names,

@@ -43,9 +43,7 @@ class TrainingConfig:
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(
-                f"training setting {bad[0]}={getattr(self, bad[0])!r} is out of range"
-            )
+            raise ValueError(f"training setting {bad[0]}={getattr(self, bad[0])!r} is out of range")
 
 
 @dataclass(frozen=True)
@@ -112,4 +110,6 @@ class JobSpec:
         known = {d.name for d in self.datasets}
         for task in self.tasks:
             if task.dataset not in known:
-                raise ValueError(f"tasks: task {task.name!r} names unknown dataset {task.dataset!r}")
+                raise ValueError(
+                    f"tasks: task {task.name!r} names unknown dataset {task.dataset!r}"
+                )

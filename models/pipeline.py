@@ -1,7 +1,7 @@
 """The one entry point: run METHOD.md stages 1-5 for a job and return the recommendation.
 
-``run_job`` reports progress through a callback ``(stage, fraction)`` where ``fraction`` is the share
-of the whole job done (0..1, never decreasing) and checks ``should_cancel`` between steps; a
+``run_job`` reports progress through a callback ``(stage, fraction)`` where ``fraction`` is the
+share of the whole job done (0..1, never decreasing) and checks ``should_cancel`` between steps; a
 cancelled job raises :class:`models.training.JobCancelled`. The stages are separate functions so the
 service can run them as separate worker tasks (``prepare``, ``run_finetune``, ``analyze``).
 """
@@ -32,6 +32,7 @@ from models.training import (
     CancelCheck,
     TokenizedTask,
     check_cancel,
+    model_config,
     pad_id_of,
     steps_per_task,
     tokenize,
@@ -138,7 +139,7 @@ def run_job(
     should_cancel: CancelCheck | None = None,
     artifact_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Run every stage and return the recommendation as JSON-ready data (``schema.Recommendation``)."""
+    """Run every stage; return the recommendation as JSON-ready data (``schema.Recommendation``)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     # Preparing is quick; the real plan (in training steps) is known once the data is read.
@@ -173,8 +174,14 @@ def run_job(
     t = time.perf_counter()
     tracker.start("alignment")
     alignment = gradient_alignment(
-        job.encoder, job.tokenized, cfg, spec.analysis, job.device, pad_id=job.pad_id,
-        on_step=tracker.report, should_cancel=should_cancel,
+        job.encoder,
+        job.tokenized,
+        cfg,
+        spec.analysis,
+        job.device,
+        pad_id=job.pad_id,
+        on_step=tracker.report,
+        should_cancel=should_cancel,
     )
     timings["alignment"] = time.perf_counter() - t
 
@@ -233,9 +240,17 @@ def run_finetunes(
             tracker.report(base + step, total)
 
         result = finetune_task(
-            pretrained=job.encoder, task_name=name, data=job.tokenized[name],
-            probe_ids=job.probe_ids, cfg=cfg, device=job.device, pad_id=job.pad_id, seed=seed,
-            artifact_dir=artifact_dir, on_step=on_step, should_cancel=should_cancel,
+            pretrained=job.encoder,
+            task_name=name,
+            data=job.tokenized[name],
+            probe_ids=job.probe_ids,
+            cfg=cfg,
+            device=job.device,
+            pad_id=job.pad_id,
+            seed=seed,
+            artifact_dir=artifact_dir,
+            on_step=on_step,
+            should_cancel=should_cancel,
         )
         if seed != cfg.seed:  # extra verification seeds need only the metrics
             result.reps = torch.empty(0)
@@ -260,9 +275,7 @@ def analyze_similarity(job: PreparedJob) -> Similarity:
     return Similarity(cka=cka.numpy(), to_pretrained=cross_cka(reps, base).numpy())
 
 
-def pair_reports(
-    job: PreparedJob, sim: Similarity, align: AlignmentResult
-) -> list[dict[str, Any]]:
+def pair_reports(job: PreparedJob, sim: Similarity, align: AlignmentResult) -> list[dict[str, Any]]:
     names = list(job.tokenized)
     th = job.spec.analysis.thresholds
     out = []
@@ -270,8 +283,12 @@ def pair_reports(
         curve = sim.cka[:, i, j]
         low = int(np.argmin(curve))
         ev = grp.PairEvidence(
-            a=names[i], b=names[j], cka_min=float(curve[low]), cka_min_layer=low,
-            grad_cosine=float(align.cos_whole[i, j]), conflict_rate=float(align.conflict_rate[i, j]),
+            a=names[i],
+            b=names[j],
+            cka_min=float(curve[low]),
+            cka_min_layer=low,
+            grad_cosine=float(align.cos_whole[i, j]),
+            conflict_rate=float(align.conflict_rate[i, j]),
         )
         failures = grp.pair_failures(ev, th)
         out.append(
@@ -300,15 +317,21 @@ def decide(job: PreparedJob, pairs: list[dict[str, Any]]) -> dict[str, Any]:
     th = spec.analysis.thresholds
     evidence = [
         grp.PairEvidence(
-            a=p["tasks"][0], b=p["tasks"][1], cka_min=p["cka_min"],
-            cka_min_layer=p["cka_min_layer"], grad_cosine=p["grad_cosine"],
+            a=p["tasks"][0],
+            b=p["tasks"][1],
+            cka_min=p["cka_min"],
+            cka_min_layer=p["cka_min_layer"],
+            grad_cosine=p["grad_cosine"],
             conflict_rate=p["conflict_rate"],
         )
         for p in pairs
     ]
     table = grp.PairTable.from_pairs(names, evidence)
     result = grp.recommend_grouping(
-        names, table, th, max_groups=spec.analysis.max_groups,
+        names,
+        table,
+        th,
+        max_groups=spec.analysis.max_groups,
         exhaustive_limit=spec.analysis.exhaustive_limit,
     )
     candidates = [grp.normalize_candidate(c, names) for c in spec.candidates]
@@ -324,9 +347,13 @@ def decide(job: PreparedJob, pairs: list[dict[str, Any]]) -> dict[str, Any]:
             return
         verdict = grp.judge_group(tasks, table, th)
         groups[key] = {
-            "tasks": list(tasks), "origin": origin, "origins": [origin],
-            "mtl_matches_stl": verdict.matches, "evidence": verdict.evidence,
-            "score": verdict.score, "margin": verdict.margin,
+            "tasks": list(tasks),
+            "origin": origin,
+            "origins": [origin],
+            "mtl_matches_stl": verdict.matches,
+            "evidence": verdict.evidence,
+            "score": verdict.score,
+            "margin": verdict.margin,
         }
 
     for group in result.grouping:
@@ -342,8 +369,12 @@ def decide(job: PreparedJob, pairs: list[dict[str, Any]]) -> dict[str, Any]:
         "grouping": result.grouping,
         "groups": list(groups.values()),
         "verdict": {
-            "kind": kind, "summary": summary, "n_models": len(result.grouping),
-            "feasible": result.feasible, "method": result.method, "notes": result.notes,
+            "kind": kind,
+            "summary": summary,
+            "n_models": len(result.grouping),
+            "feasible": result.feasible,
+            "method": result.method,
+            "notes": result.notes,
             "best_candidate": best.index if best else None,
             "beats_candidates": grp.grouping_beats(result, best) if best else None,
         },
@@ -354,8 +385,11 @@ def decide(job: PreparedJob, pairs: list[dict[str, Any]]) -> dict[str, Any]:
                     {"tasks": g.tasks, "mtl_matches_stl": g.matches, "score": g.score}
                     for g in c.groups
                 ],
-                "passes": c.passes, "n_models": c.n_models, "score": c.mean_affinity,
-                "shortfall": c.shortfall, "best": c.best,
+                "passes": c.passes,
+                "n_models": c.n_models,
+                "score": c.mean_affinity,
+                "shortfall": c.shortfall,
+                "best": c.best,
             }
             for c in scored
         ],
@@ -395,18 +429,26 @@ def run_verification(
                 tracker.report(base + step, total)
 
             mtl = train_mtl(
-                pretrained=job.encoder, tasks=sub_tasks, cfg=cfg, device=job.device,
-                pad_id=job.pad_id, seed=seed, on_step=on_step, should_cancel=should_cancel,
+                pretrained=job.encoder,
+                tasks=sub_tasks,
+                cfg=cfg,
+                device=job.device,
+                pad_id=job.pad_id,
+                seed=seed,
+                on_step=on_step,
+                should_cancel=should_cancel,
             )
             results.append(mtl)
             done += mtl.steps
-        stl = {
-            n: [(r.macro_f1, r.val_preds) for r in job.stl[n]] for n in group["tasks"]
-        }
+        stl = {n: [(r.macro_f1, r.val_preds) for r in job.stl[n]] for n in group["tasks"]}
         entries.append(
             compare_group(
-                group["tasks"], job.tokenized, stl, results,
-                tolerance=job.spec.analysis.tolerance, predicted=group["mtl_matches_stl"],
+                group["tasks"],
+                job.tokenized,
+                stl,
+                results,
+                tolerance=job.spec.analysis.tolerance,
+                predicted=group["mtl_matches_stl"],
             )
         )
     return entries
@@ -421,8 +463,11 @@ def settings_report(job: PreparedJob, align: AlignmentResult) -> dict[str, Any]:
             k: getattr(spec.training, k)
             for k in ("epochs", "max_steps", "lr", "batch_size", "max_length", "probe_size", "seed")
         },
-        "thresholds": {"tau_rep": a.thresholds.tau_rep, "tau_grad": a.thresholds.tau_grad,
-                       "rho": a.thresholds.rho},
+        "thresholds": {
+            "tau_rep": a.thresholds.tau_rep,
+            "tau_grad": a.thresholds.tau_grad,
+            "rho": a.thresholds.rho,
+        },
         "max_groups": a.max_groups,
         "min_class_count": a.min_class_count,
         "val_fraction": a.val_fraction,
@@ -430,7 +475,7 @@ def settings_report(job: PreparedJob, align: AlignmentResult) -> dict[str, Any]:
         "verify_seeds": a.verify_seeds,
         "device": str(job.device),
         "probe_size_used": len(job.probe_texts),
-        "layers": int(job.encoder.config.num_hidden_layers) + 1,  # type: ignore[union-attr]
+        "layers": int(model_config(job.encoder).num_hidden_layers) + 1,
         "alignment": {"steps": align.steps, "samples": align.samples, "every": a.align_every},
         "candidates": [list(map(list, c)) for c in spec.candidates],
     }
@@ -442,13 +487,20 @@ def task_reports(job: PreparedJob, sim: Similarity) -> list[dict[str, Any]]:
         stl = job.stl[name][0]
         out.append(
             {
-                "name": name, "dataset": data.dataset, "column": data.column,
-                "n_train": data.n_train, "n_val": data.n_val, "n_missing": data.n_missing,
+                "name": name,
+                "dataset": data.dataset,
+                "column": data.column,
+                "n_train": data.n_train,
+                "n_val": data.n_val,
+                "n_missing": data.n_missing,
                 "classes": data.classes,
                 "set_aside": [{"label": c.label, "count": c.count} for c in data.set_aside],
                 "stl": {
-                    "macro_f1": stl.macro_f1, "accuracy": stl.accuracy, "steps": stl.steps,
-                    "seconds": stl.seconds, "loss_curve": stl.loss_curve,
+                    "macro_f1": stl.macro_f1,
+                    "accuracy": stl.accuracy,
+                    "steps": stl.steps,
+                    "seconds": stl.seconds,
+                    "loss_curve": stl.loss_curve,
                 },
                 "cka_to_pretrained": [float(c) for c in sim.to_pretrained[k]],
             }

@@ -63,4 +63,4 @@ def load_encoder(path: Path) -> PreTrainedModel:
         "local_files_only": True,
     }
     model = AutoModel.from_pretrained(str(path), **kwargs)
-    return model  # type: ignore[no-any-return]
+    return model

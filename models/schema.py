@@ -41,7 +41,7 @@ class TaskReport(_Model):
     )
     stl: STLMetrics
     cka_to_pretrained: list[float] = Field(
-        description="Per layer, CKA of the fine-tuned model to the pretrained one (how far it moved)."
+        description="Per layer, CKA of the fine-tuned model to the pretrained one.",
     )
 
 
@@ -66,7 +66,9 @@ class GroupReport(_Model):
     origins: list[Literal["recommended", "all", "candidate"]]
     mtl_matches_stl: bool
     evidence: list[str]
-    score: float | None = Field(description="Mean pair affinity within the group (None: singleton).")
+    score: float | None = Field(
+        description="Mean pair affinity within the group (None: singleton)."
+    )
     margin: float | None = Field(description="Smallest pass margin over the group's pairs.")
 
 

@@ -27,10 +27,11 @@ to arbitrary invertible linear maps), equals 1 for identical representations and
 * **minibatch** (Nguyen et al. 2021, "Do Wide and Deep Networks Learn the Same Things?", ICLR):
   the inputs are split into minibatches, the three HSIC terms ``HSIC(K, L)``, ``HSIC(K, K)`` and
   ``HSIC(L, L)`` are summed over the minibatches and CKA is formed once at the end. Only
-  minibatch-sized Gram matrices are ever built (memory ``O(T b^2)``). With the unbiased estimator
-  the accumulated value is an unbiased estimate of the population HSIC for any batch size, but it
-  is a *different* estimator from the full-data one (it only uses within-minibatch pairs), so the
-  two agree only approximately unless ``batch_size >= n``.
+  minibatch-sized Gram matrices are ever built (Gram memory ``O(T b^2)`` instead of
+  ``O(T n^2)``; the float64 copy of the features themselves stays ``O(T n d)`` per layer). With
+  the unbiased estimator the accumulated value is an unbiased estimate of the population HSIC for
+  any batch size, but it is a *different* estimator from the full-data one (it only uses
+  within-minibatch pairs), so the two agree only approximately unless ``batch_size >= n``.
 
 Implementation notes
 --------------------

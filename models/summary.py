@@ -23,7 +23,9 @@ def render(rec: dict[str, Any]) -> str:
     for t in rec["tasks"]:
         aside = ""
         if t["set_aside"]:
-            aside = "  set aside: " + ", ".join(f"{c['label']} ({c['count']})" for c in t["set_aside"])
+            aside = "  set aside: " + ", ".join(
+                f"{c['label']} ({c['count']})" for c in t["set_aside"]
+            )
         lines.append(
             f"  {t['name']:<{width}}  macro-F1 {_pct(t['stl']['macro_f1'])}  "
             f"acc {_pct(t['stl']['accuracy'])}  train {t['n_train']}  val {t['n_val']}{aside}"
@@ -69,8 +71,9 @@ def render(rec: dict[str, Any]) -> str:
             )
             for t in v["per_task"]:
                 lines.append(
-                    f"      {t['task']}: STL {_pct(t['stl_macro_f1'])} MTL {_pct(t['mtl_macro_f1'])}"
-                    f"  delta {100 * t['delta']:+.1f} (tol {100 * t['tolerance']:.1f}) {t['effect']}"
+                    f"      {t['task']}: STL {_pct(t['stl_macro_f1'])}"
+                    f" MTL {_pct(t['mtl_macro_f1'])}  delta {100 * t['delta']:+.1f}"
+                    f" (tol {100 * t['tolerance']:.1f}) {t['effect']}"
                 )
     lines.append("")
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in rec["timings"].items())

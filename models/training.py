@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,6 +121,11 @@ def build_schedule(
     return schedule
 
 
+def model_config(encoder: nn.Module) -> Any:
+    """The transformers config an encoder carries (layer count, hidden size)."""
+    return encoder.config
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
@@ -131,7 +137,7 @@ class TaskModel(nn.Module):
     def __init__(self, encoder: nn.Module, n_classes: Mapping[str, int], *, seed: int) -> None:
         super().__init__()
         self.encoder = encoder
-        hidden = int(encoder.config.hidden_size)  # type: ignore[union-attr]
+        hidden = int(model_config(encoder).hidden_size)
         gen = torch.Generator().manual_seed(seed)
         self.heads = nn.ModuleDict()
         for name, k in n_classes.items():
@@ -179,9 +185,12 @@ def fit(
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     schedule = build_schedule(tasks, cfg, rng)
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
-        (no_decay if param.ndim < 2 or "LayerNorm" in name or "norm" in name else decay).append(param)
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "norm" in name else decay).append(
+            param
+        )
     optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": cfg.weight_decay},

@@ -62,7 +62,13 @@ def train_mtl(
         copy.deepcopy(pretrained), {n: t.n_classes for n, t in tasks.items()}, seed=seed
     ).to(device)
     result = fit(
-        model, tasks, cfg, device, pad_id=pad_id, seed=seed, on_step=on_step,
+        model,
+        tasks,
+        cfg,
+        device,
+        pad_id=pad_id,
+        seed=seed,
+        on_step=on_step,
         should_cancel=should_cancel,
     )
     f1s, accs, preds = {}, {}, {}
@@ -71,8 +77,13 @@ def train_mtl(
         metrics = scores(task.val_labels, pred, task.n_classes)
         f1s[name], accs[name], preds[name] = metrics["macro_f1"], metrics["accuracy"], pred.tolist()
     return MTLResult(
-        tasks=list(tasks), macro_f1=f1s, accuracy=accs, val_preds=preds, steps=result.steps,
-        seconds=result.seconds, seed=seed,
+        tasks=list(tasks),
+        macro_f1=f1s,
+        accuracy=accs,
+        val_preds=preds,
+        steps=result.steps,
+        seconds=result.seconds,
+        seed=seed,
     )
 
 
@@ -119,7 +130,9 @@ def compare_group(
         diffs = mtl_f1 - stl_f1
         delta = float(diffs.mean())
         noise = 2.0 * bootstrap_se(
-            task.val_labels, np.asarray(stl[name][0][1]), np.asarray(mtl[0].val_preds[name]),
+            task.val_labels,
+            np.asarray(stl[name][0][1]),
+            np.asarray(mtl[0].val_preds[name]),
             task.n_classes,
         )
         if n_seeds > 1:

@@ -19,6 +19,7 @@ def _one_torch_thread() -> None:
 
     torch.set_num_threads(1)
 
+
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 COMMON = [
     "the",

@@ -18,8 +18,17 @@ from app.cli import main
 from models.schema import Recommendation
 from models.synth import SynthSpec, write
 
-TOP_LEVEL = {"settings", "tasks", "pairs", "grouping", "groups", "verdict", "candidates",
-             "verification", "timings"}
+TOP_LEVEL = {
+    "settings",
+    "tasks",
+    "pairs",
+    "grouping",
+    "groups",
+    "verdict",
+    "candidates",
+    "verification",
+    "timings",
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,25 +39,62 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[list[s
 
 
 def _analyze(data: Path, tasks: list[str], model: Path, out: Path, *extra: str) -> dict:
-    code = main([
-        "analyze", str(data), "--text-column", "text", "--tasks", ",".join(tasks),
-        "--model", str(model), "--epochs", "4", "--lr", "1e-3", "--batch-size", "16",
-        "--max-length", "48", "--probe-size", "256", "--seed", "0", "--device", "cpu",
-        "--tau-rep", "0.3", "--tau-grad", "0.3", "--rho", "0.3", "--quiet", "--out", str(out),
-        *extra,
-    ])
+    code = main(
+        [
+            "analyze",
+            str(data),
+            "--text-column",
+            "text",
+            "--tasks",
+            ",".join(tasks),
+            "--model",
+            str(model),
+            "--epochs",
+            "4",
+            "--lr",
+            "1e-3",
+            "--batch-size",
+            "16",
+            "--max-length",
+            "48",
+            "--probe-size",
+            "256",
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--tau-rep",
+            "0.3",
+            "--tau-grad",
+            "0.3",
+            "--rho",
+            "0.3",
+            "--quiet",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     assert code == 0
     return json.loads(out.read_text())
 
 
 def test_analyze_recovers_the_planted_grouping(
-    planted: tuple[Path, list[list[str]]], tiny_bert: Path, tmp_path: Path,
+    planted: tuple[Path, list[list[str]]],
+    tiny_bert: Path,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     data, grouping = planted
     tasks = [t for g in grouping for t in g]
-    rec = _analyze(data, tasks, tiny_bert, tmp_path / "rec.json",
-                   "--candidate", "product,product_flag,severity,severity_flag;channel")
+    rec = _analyze(
+        data,
+        tasks,
+        tiny_bert,
+        tmp_path / "rec.json",
+        "--candidate",
+        "product,product_flag,severity,severity_flag;channel",
+    )
 
     assert sorted(map(sorted, rec["grouping"])) == sorted(map(sorted, grouping))
     assert rec["verdict"]["kind"] == "grouped"
@@ -74,8 +120,9 @@ def test_analyze_recovers_the_planted_grouping(
     assert {"recommended", "all", "candidate"} <= origins
     all_group = next(g for g in rec["groups"] if "all" in g["origins"])
     assert all_group["mtl_matches_stl"] is False
-    assert any("CKA" in e or "gradient cosine" in e or "conflict" in e
-               for e in all_group["evidence"])
+    assert any(
+        "CKA" in e or "gradient cosine" in e or "conflict" in e for e in all_group["evidence"]
+    )
     # The candidate merges two independent features: it fails, and the recommendation beats it.
     assert rec["candidates"][0]["best"] is True and rec["candidates"][0]["passes"] is False
     assert rec["verdict"]["beats_candidates"] is True
@@ -91,8 +138,7 @@ def test_analyze_with_verification(
     planted: tuple[Path, list[list[str]]], tiny_bert: Path, tmp_path: Path
 ) -> None:
     data, grouping = planted
-    rec = _analyze(data, [*grouping[0], grouping[2][0]], tiny_bert, tmp_path / "v.json",
-                   "--verify")
+    rec = _analyze(data, [*grouping[0], grouping[2][0]], tiny_bert, tmp_path / "v.json", "--verify")
     verified = rec["verification"]
     non_singletons = [g["tasks"] for g in rec["groups"] if len(g["tasks"]) > 1]
     assert [v["tasks"] for v in verified] == non_singletons
@@ -111,8 +157,20 @@ def test_analyze_reports_bad_data_clearly(
 ) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nhello,a\nworld,a\n")
-    code = main(["analyze", str(bad), "--text-column", "body", "--tasks", "label,other",
-                 "--model", str(tiny_bert), "--out", str(tmp_path / "x.json")])
+    code = main(
+        [
+            "analyze",
+            str(bad),
+            "--text-column",
+            "body",
+            "--tasks",
+            "label,other",
+            "--model",
+            str(tiny_bert),
+            "--out",
+            str(tmp_path / "x.json"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "body" in err and "error:" in err

@@ -58,9 +58,7 @@ def test_block_cosines_match_hand_computation(tiny_bert: Path) -> None:
             ]
             for block in blocks
         ]
-    flat = torch.stack(
-        [torch.cat([torch.cat(b) for b in per_task[n] if b]) for n in ("a", "b")]
-    )
+    flat = torch.stack([torch.cat([torch.cat(b) for b in per_task[n] if b]) for n in ("a", "b")])
     bounds, offset = [], 0
     for block in blocks[:-1]:
         size = sum(p.numel() for _, p in block)
@@ -107,11 +105,23 @@ def test_tag_lookahead_sign_on_constructed_case(
     params = [p for block in encoder_blocks(model.encoder, 2) for _, p in block]
     loss = nn.functional.cross_entropy(model(ids, mask, "a"), y)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    g_a = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                     for g, p in zip(grads, params, strict=True)])
+    g_a = torch.cat(
+        [
+            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+            for g, p in zip(grads, params, strict=True)
+        ]
+    )
     optimizer = torch.optim.AdamW(params, lr=1e-3)  # only its learning rate is read
-    z = _lookahead(model, ["a", "b"], batches, torch.stack([g_a, sign * g_a]), params, optimizer,
-                   nn.CrossEntropyLoss(), device)
+    z = _lookahead(
+        model,
+        ["a", "b"],
+        batches,
+        torch.stack([g_a, sign * g_a]),
+        params,
+        optimizer,
+        nn.CrossEntropyLoss(),
+        device,
+    )
     assert z[0, 0] > 0 and z[0, 1] > 0  # a's step lowers a's loss (and b's, the same loss)
     assert (z[1, 0] > 0) == expect_positive
     assert (z[1, 1] > 0) == expect_positive
@@ -143,8 +153,15 @@ def test_shared_minibatches_give_tasks_of_one_dataset_the_same_texts() -> None:
 
     def task(rows: list[int], dataset: str = "d") -> TokenizedTask:
         n = len(rows)
-        return TokenizedTask([[1]] * n, np.zeros(n, dtype=np.int64), [[1]], np.zeros(1, np.int64),
-                             2, dataset=dataset, train_rows=np.asarray(rows))
+        return TokenizedTask(
+            [[1]] * n,
+            np.zeros(n, dtype=np.int64),
+            [[1]],
+            np.zeros(1, np.int64),
+            2,
+            dataset=dataset,
+            train_rows=np.asarray(rows),
+        )
 
     tasks = {
         "a": task(list(range(100))),

@@ -13,8 +13,9 @@ from models.synth import SynthSpec, generate
 from models.training import JobCancelled
 
 FAST = TrainingConfig(epochs=1, lr=1e-3, batch_size=16, max_length=40, probe_size=64, seed=0)
-ANALYSIS = AnalysisConfig(device="cpu", align_steps=3, align_every=2,
-                          thresholds=Thresholds(0.3, 0.3, 0.3))
+ANALYSIS = AnalysisConfig(
+    device="cpu", align_steps=3, align_every=2, thresholds=Thresholds(0.3, 0.3, 0.3)
+)
 
 
 def _spec(model: Path, **kw: object) -> JobSpec:
@@ -22,7 +23,11 @@ def _spec(model: Path, **kw: object) -> JobSpec:
     return JobSpec(
         datasets=[DatasetSpec("tickets", frame, "text")],
         tasks=[TaskSpec(n, "tickets", n) for n in ("product", "product_flag", "severity")],
-        model_name="tiny", model_dir=model, training=FAST, analysis=ANALYSIS, **kw,  # type: ignore[arg-type]
+        model_name="tiny",
+        model_dir=model,
+        training=FAST,
+        analysis=ANALYSIS,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -57,10 +62,15 @@ def test_tasks_from_several_datasets(tiny_bert: Path) -> None:
     lumbar, _ = generate(SynthSpec(rows=160, features=(1, 1), seed=5))
     spec = JobSpec(
         datasets=[DatasetSpec("cervical", cervical, "text"), DatasetSpec("lumbar", lumbar, "text")],
-        tasks=[TaskSpec("c_product", "cervical", "product"),
-               TaskSpec("c_flag", "cervical", "product_flag"),
-               TaskSpec("l_severity", "lumbar", "severity")],
-        model_name="tiny", model_dir=tiny_bert, training=FAST, analysis=ANALYSIS,
+        tasks=[
+            TaskSpec("c_product", "cervical", "product"),
+            TaskSpec("c_flag", "cervical", "product_flag"),
+            TaskSpec("l_severity", "lumbar", "severity"),
+        ],
+        model_name="tiny",
+        model_dir=tiny_bert,
+        training=FAST,
+        analysis=ANALYSIS,
     )
     rec = run_job(spec)
     assert [t["dataset"] for t in rec["tasks"]] == ["cervical", "cervical", "lumbar"]
@@ -72,11 +82,16 @@ def test_job_spec_rejects_duplicates_and_unknown_datasets(tiny_bert: Path) -> No
     frame, _ = generate(SynthSpec(rows=50, features=(2,), seed=1))
     ds = [DatasetSpec("d", frame, "text")]
     with pytest.raises(ValueError, match="more than once"):
-        JobSpec(ds, [TaskSpec("a", "d", "product"), TaskSpec("a", "d", "product_flag")],
-                "tiny", tiny_bert)
+        JobSpec(
+            ds,
+            [TaskSpec("a", "d", "product"), TaskSpec("a", "d", "product_flag")],
+            "tiny",
+            tiny_bert,
+        )
     with pytest.raises(ValueError, match="unknown dataset 'x'"):
-        JobSpec(ds, [TaskSpec("a", "d", "product"), TaskSpec("b", "x", "product")], "tiny",
-                tiny_bert)
+        JobSpec(
+            ds, [TaskSpec("a", "d", "product"), TaskSpec("b", "x", "product")], "tiny", tiny_bert
+        )
     with pytest.raises(ValueError, match="at least 2 tasks"):
         JobSpec(ds, [TaskSpec("a", "d", "product")], "tiny", tiny_bert)
 

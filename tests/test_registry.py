@@ -17,7 +17,7 @@ def test_registered_name_resolves(tiny_bert: Path) -> None:
 
 
 def test_unknown_name_lists_known_models(tiny_bert: Path) -> None:
-    with pytest.raises(ModelError, match="'bert-huge' is not registered.*known models: tiny"):
+    with pytest.raises(ModelError, match=r"'bert-huge' is not registered.*known models: tiny"):
         resolve_model("bert-huge", {"tiny": str(tiny_bert)}, allow_path=False)
 
 
@@ -32,7 +32,7 @@ def test_pickle_weights_are_refused(tiny_bert: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_bert, unsafe)
     for f in unsafe.glob("*.safetensors"):
         f.rename(f.with_name("pytorch_model.bin"))
-    with pytest.raises(ModelError, match="no .safetensors weights"):
+    with pytest.raises(ModelError, match=r"no \.safetensors weights"):
         resolve_model(str(unsafe), {}, allow_path=True)
 
 
