@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--align-steps", type=int, default=None)
     an.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     an.add_argument("--out", required=True, type=Path, help="where to write the JSON")
+    an.add_argument(
+        "--artifact-dir",
+        type=Path,
+        default=None,
+        help="keep each single-task model's weights and probe representations here (safetensors)",
+    )
     an.add_argument("--quiet", action="store_true", help="no progress bar")
 
     de = sub.add_parser(
@@ -208,7 +214,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from models.pipeline import run_job
     from models.summary import render
 
-    rec = run_job(spec, progress=_progress_printer(args.quiet))
+    rec = run_job(
+        spec,
+        progress=_progress_printer(args.quiet),
+        artifact_dir=getattr(args, "artifact_dir", None),
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(rec, indent=2))

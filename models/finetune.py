@@ -41,6 +41,7 @@ class SingleTaskResult:
     reps: torch.Tensor = field(repr=False)  # (L+1, n_probe, d) float32
     val_preds: list[int] = field(default_factory=list, repr=False)
     weights_path: str | None = None
+    reps_path: str | None = None
 
 
 def finetune_task(
@@ -73,11 +74,11 @@ def finetune_task(
     preds = predict(model, task_name, data.val_ids, device, pad_id=pad_id)
     metrics = scores(data.val_labels, preds, data.n_classes)
     reps = layer_representations(model.encoder, probe_ids, device, pad_id=pad_id)
-    weights_path = None
+    weights_path = reps_path = None
     if artifact_dir is not None:
-        slug = re.sub(r"[^A-Za-z0-9_.-]", "_", task_name)
-        path = save_tensors(artifact_dir / f"stl-{slug}-seed{seed}.safetensors", model.state_dict())
-        weights_path = str(path)
+        stem = artifact_dir / f"stl-{re.sub(r'[^A-Za-z0-9_.-]', '_', task_name)}-seed{seed}"
+        weights_path = str(save_tensors(stem.with_suffix(".safetensors"), model.state_dict()))
+        reps_path = str(save_tensors(stem.with_suffix(".reps.safetensors"), {"reps": reps}))
     return SingleTaskResult(
         task=task_name,
         macro_f1=metrics["macro_f1"],
@@ -89,4 +90,5 @@ def finetune_task(
         reps=reps,
         val_preds=preds.tolist(),
         weights_path=weights_path,
+        reps_path=reps_path,
     )

@@ -664,6 +664,8 @@ class _Heuristic:
     def __init__(self, inst: _Instance, restarts: int, seed: int) -> None:
         self.inst = inst
         self.orderings = self._orderings(restarts, seed)
+        self.kicks = restarts
+        self.rng = random.Random(seed + 1)
 
     def _orderings(self, restarts: int, seed: int) -> list[list[int]]:
         inst = self.inst
@@ -888,9 +890,34 @@ class _Heuristic:
         return extend(0)
 
     def polish(self, groups: list[int], max_groups: int) -> list[int]:
-        """The budget-mode local search with three-group re-partitions, for the best start only
-        (without the pass requirement they are costly)."""
-        return self._local_search(groups, require_passing=False, max_groups=max_groups, polish=True)
+        """Budget mode, on the best start only: the local search with three-group re-partitions
+        (costly without the pass requirement), then iterated local search: ``kicks`` times, move a
+        few random tasks to random groups, climb again, keep the result when its key is better."""
+        inst = self.inst
+        best = self._local_search(groups, require_passing=False, max_groups=max_groups, polish=True)
+        best_key = inst.key(best)
+        for _ in range(self.kicks):
+            kicked = list(best)
+            for task in self.rng.sample(range(inst.n), min(3, inst.n)):
+                bit = 1 << task
+                source = next(k for k, g in enumerate(kicked) if g & bit)
+                targets = [k for k in range(len(kicked)) if k != source]
+                if len(kicked) < max_groups:
+                    targets.append(len(kicked))
+                if not targets:
+                    continue
+                target = self.rng.choice(targets)
+                kicked[source] ^= bit
+                if target == len(kicked):
+                    kicked.append(bit)
+                else:
+                    kicked[target] |= bit
+                kicked = [g for g in kicked if g]
+            found = self._local_search(kicked, require_passing=False, max_groups=max_groups)
+            found_key = inst.key(found)
+            if found_key < best_key:
+                best, best_key = found, found_key
+        return best
 
     # ---- budget mode: at most max_groups groups; minimise the budget key ----
 
@@ -900,7 +927,7 @@ class _Heuristic:
         seeds = [self._merge_down(s, max_groups) for s in starts]
         seeds += [self._greedy_budget(order, max_groups) for order in self.orderings]
         for groups in seeds:
-            results.append(self._local_search(groups, require_passing=False, max_groups=max_groups))
+            results.append(self._local_search(groups, require_passing=False, max_groups=max_groups, polish=True))
         return results
 
     def _merge_down(self, groups: list[int], max_groups: int) -> list[int]:

@@ -101,3 +101,23 @@ def test_training_config_bounds() -> None:
         TrainingConfig(batch_size=0)
     with pytest.raises(ValueError, match="lr"):
         TrainingConfig(lr=-1.0)
+
+
+def test_artifacts_are_safetensors_that_reload(tiny_bert: Path, tmp_path: Path) -> None:
+    from models.artifacts import load_tensors
+    from models.registry import load_encoder
+    from models.training import TaskModel
+
+    run_job(_spec(tiny_bert), artifact_dir=tmp_path)
+    weights = sorted(tmp_path.glob("stl-*-seed0.safetensors"))
+    reps = sorted(tmp_path.glob("stl-*-seed0.reps.safetensors"))
+    assert [w.name for w in weights] == [
+        "stl-product-seed0.safetensors",
+        "stl-product_flag-seed0.safetensors",
+        "stl-severity-seed0.safetensors",
+    ]
+    assert len(reps) == 3
+    assert not list(tmp_path.glob("*.tmp"))  # nothing half-written left behind
+    model = TaskModel(load_encoder(tiny_bert), {"product": 3}, seed=1)
+    model.load_state_dict(load_tensors(weights[0]))
+    assert load_tensors(reps[0])["reps"].shape == (3, 64, 32)  # (L+1, probe, hidden)
