@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         default_factory=_default_data_dir,
         description="Where embedded mode keeps its SQLite file and artifacts.",
     )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL (postgresql://... or sqlite:///...). "
+        "Default: a SQLite file in data_dir.",
+    )
     artifact_dir: Path | None = Field(
         default=None,
         description="Artifact store (fine-tuned weights, probe representations). "

@@ -54,9 +54,11 @@ hill-climbs with single-task moves, swaps between two groups, and re-partitions 
 two groups (merges included) and of three groups (small unions only), accepting only strict
 improvements of the key; the best start wins. Under a binding budget the same local search
 minimises the budget key from the feasible starts merged down to ``max_groups`` groups and from
-budget-aware greedy insertions (three-group re-partitions, costly without the pass requirement,
-only polish the best of these). Candidate neighbours are screened with running sums and
-confirmed with the exact key. The tests check the heuristic against the exhaustive search on
+budget-aware greedy insertions; the best of these is polished with three-group re-partitions
+(costly without the pass requirement) and then by iterated local search (2 x ``restarts`` kicks,
+each moving three random tasks to random groups before climbing again; a kick is kept only when
+it improves the key). Candidate neighbours are screened with running sums and confirmed with
+the exact key. The tests check the heuristic against the exhaustive search on
 random instances of up to 10 tasks (same number of groups, feasibility, shortfall and mean
 affinity).
 """
@@ -627,14 +629,23 @@ class _Scan:
     def offer(
         self, removed: Sequence[int], added: Sequence[int], base: _Totals | None = None
     ) -> None:
-        """Consider replacing the groups at positions ``removed`` by the (non-empty) ``added``."""
-        inst = self.inst
-        added = [g for g in added if g]
-        if self.require_passing and not all(inst.stats(g).passes for g in added):
-            return
+        """Consider replacing the groups at positions ``removed`` by ``added`` (empty groups in
+        ``added`` are dropped); ``base`` is ``without(removed)`` when the caller has it."""
+        stats = self.inst.stats
         if base is None:
             base = self.without(removed)
-        aff, pairs, short, failing, n = self._add(base, added, 1)
+        aff, pairs, short, failing, n = base
+        for g in added:
+            if g:
+                st = stats(g)
+                if not st.passes:
+                    if self.require_passing:
+                        return
+                    failing += 1
+                aff += st.affinity
+                pairs += st.pairs
+                short += st.shortfall
+                n += 1
         if self.max_groups is not None and n > self.max_groups:
             return
         best = self.best_key
@@ -651,8 +662,8 @@ class _Scan:
                 if mean > best[3] + 1e-9:
                     return
         cand = [g for k, g in enumerate(self.groups) if k not in removed]
-        cand.extend(added)
-        key = inst.key(cand)
+        cand.extend(g for g in added if g)
+        key = self.inst.key(cand)
         if key < best:
             self.best_key = key
             self.best = (cand, key)
@@ -664,7 +675,7 @@ class _Heuristic:
     def __init__(self, inst: _Instance, restarts: int, seed: int) -> None:
         self.inst = inst
         self.orderings = self._orderings(restarts, seed)
-        self.kicks = restarts
+        self.kicks = 2 * restarts
         self.rng = random.Random(seed + 1)
 
     def _orderings(self, restarts: int, seed: int) -> list[list[int]]:
@@ -891,8 +902,9 @@ class _Heuristic:
 
     def polish(self, groups: list[int], max_groups: int) -> list[int]:
         """Budget mode, on the best start only: the local search with three-group re-partitions
-        (costly without the pass requirement), then iterated local search: ``kicks`` times, move a
-        few random tasks to random groups, climb again, keep the result when its key is better."""
+        (costly without the pass requirement), then iterated local search: ``kicks`` times, move
+        three random tasks to random groups, climb again, keep the result when its key is better.
+        Kicks escape optima that only a coordinated change of four or more groups improves."""
         inst = self.inst
         best = self._local_search(groups, require_passing=False, max_groups=max_groups, polish=True)
         best_key = inst.key(best)
@@ -923,12 +935,14 @@ class _Heuristic:
 
     def budget(self, starts: list[list[int]], max_groups: int) -> list[list[int]]:
         """A locally optimal grouping with at most max_groups groups from each start."""
-        results = []
-        seeds = [self._merge_down(s, max_groups) for s in starts]
-        seeds += [self._greedy_budget(order, max_groups) for order in self.orderings]
-        for groups in seeds:
-            results.append(self._local_search(groups, require_passing=False, max_groups=max_groups, polish=True))
-        return results
+        seeds = {_canon(s): s for s in (self._merge_down(s, max_groups) for s in starts)}
+        for order in self.orderings:
+            greedy = self._greedy_budget(order, max_groups)
+            seeds.setdefault(_canon(greedy), greedy)
+        return [
+            self._local_search(groups, require_passing=False, max_groups=max_groups)
+            for groups in seeds.values()  # each distinct start once, in first-seen order
+        ]
 
     def _merge_down(self, groups: list[int], max_groups: int) -> list[int]:
         """Merge the two groups whose merge adds the least shortfall (then keeps the highest mean
@@ -1131,7 +1145,9 @@ def heuristic_grouping(
 ) -> GroupingResult:
     """A grouping by the deterministic heuristic (any number of tasks; not guaranteed optimal).
 
-    ``restarts`` seeded random task orderings are added to the four deterministic ones."""
+    ``restarts`` random task orderings drawn from ``random.Random(seed)`` are added to the four
+    deterministic ones; under a binding budget, the best grouping also gets 2 x ``restarts``
+    iterated-local-search kicks. The same inputs always give the same answer."""
     names = _check_inputs(tasks, table, max_groups)
     if restarts < 0:
         raise ValueError(f"restarts must be >= 0, got {restarts}")

@@ -8,6 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.db_fixtures import (  # noqa: F401 (fixtures, found by name)
+    database_url,
+    pg_engine,
+    postgres_empty_url,
+    session,
+    sqlite_engine,
+    sqlite_session,
+    sqlite_url,
+)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -57,7 +57,7 @@ def table_of(tasks: Sequence[str], metrics: Callable[[str, str], Metrics]) -> Pa
 
 
 def blocks_table(tasks: Sequence[str], blocks: Sequence[str]) -> PairTable:
-    """Pairs within a block (tasks named by their first letter's block) pass, others fail."""
+    """Pairs within a block pass, others fail; each block is a string of one-letter task names."""
     block_of = {t: next(k for k, b in enumerate(blocks) if t in b) for t in tasks}
     return table_of(tasks, lambda a, b: passing() if block_of[a] == block_of[b] else FAILING)
 
@@ -553,6 +553,32 @@ def test_candidate_ties_break_on_affinity_then_index() -> None:
         TH,
     )
     assert [s.best for s in scores] == [False, True, False]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.lists(st.integers(0, 6), min_size=7, max_size=7))
+def test_no_candidate_beats_the_recommendation(seed: int, labels: list[int]) -> None:
+    tasks, table = random_instance(random.Random(seed), 7)
+    candidate = [
+        [t for t, label in zip(tasks, labels, strict=True) if label == k] for k in range(7)
+    ]
+    candidate = [group for group in candidate if group]
+    recommended = recommend_grouping(tasks, table, TH)
+    scores = score_candidates([recommended.grouping, candidate], tasks, table, TH)
+    assert scores[0].best  # ties go to the lower index
+    assert scores[0].n_models == len(recommended.grouping)
+    assert scores[0].mean_affinity == recommended.mean_affinity
+    assert not grouping_beats(recommended, scores[0])
+    other = scores[1]
+    tied = (
+        other.passes
+        and other.n_models == scores[0].n_models
+        and (
+            other.mean_affinity is None
+            or abs(other.mean_affinity - (recommended.mean_affinity or 0.0)) < 1e-12
+        )
+    )
+    assert grouping_beats(recommended, other) == (not tied)
 
 
 def test_grouping_beats_a_worse_candidate_even_when_it_passes() -> None:
