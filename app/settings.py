@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     )
     rho: float = Field(default=Thresholds.rho, description="Highest conflict rate a pair may have.")
     exhaustive_limit: int = Field(default=10, ge=1, le=10)
+    # Limits of the service, each enforced by the API.
+    max_upload_bytes: int = Field(default=50 * 2**20, ge=1, description="Largest upload.")
+    max_body_bytes: int = Field(default=2**20, ge=1, description="Largest JSON request body.")
+    max_tasks_per_job: int = Field(default=20, ge=2)
+    max_rows_per_dataset: int = Field(default=200_000, ge=1)
+    max_active_jobs_per_owner: int = Field(default=4, ge=1)
+    max_classes_per_task: int = Field(default=100, ge=2)
     verify_seeds: int = Field(default=1, ge=1, le=10)
 
     @field_validator("models", mode="before")
