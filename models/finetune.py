@@ -11,6 +11,7 @@ import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,6 +43,17 @@ class SingleTaskResult:
     val_preds: list[int] = field(default_factory=list, repr=False)
     weights_path: str | None = None
     reps_path: str | None = None
+    seed: int = 0
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything but the representations, JSON-ready (the service stores it per task)."""
+        record = {k: v for k, v in vars(self).items() if k != "reps"}
+        record["loss_curve"] = [float(x) for x in self.loss_curve]
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], reps: torch.Tensor) -> SingleTaskResult:
+        return cls(**{**record, "reps": reps})
 
 
 def finetune_task(
@@ -91,4 +103,5 @@ def finetune_task(
         val_preds=preds.tolist(),
         weights_path=weights_path,
         reps_path=reps_path,
+        seed=seed,
     )

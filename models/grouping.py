@@ -52,13 +52,14 @@ mean affinity to the members is highest (else opens a new group), then eliminate
 (redistributes all members of a group into the others, with one-step ejection chains), then
 hill-climbs with single-task moves, swaps between two groups, and re-partitions of the union of
 two groups (merges included) and of three groups (small unions only), accepting only strict
-improvements of the key; the best start wins. Under a binding budget the same local search
-minimises the budget key from the feasible starts merged down to ``max_groups`` groups and from
-budget-aware greedy insertions; the best of these is polished with three-group re-partitions
-(costly without the pass requirement) and then by iterated local search (2 x ``restarts`` kicks,
-each moving three random tasks to random groups before climbing again; a kick is kept only when
-it improves the key). Candidate neighbours are screened with running sums and confirmed with
-the exact key. The tests check the heuristic against the exhaustive search on
+improvements of the key. The best start is then improved by iterated local search: 2 x
+``restarts`` kicks, each moving three random tasks to random groups before climbing again, kept
+only when the key improves (this escapes optima that only a coordinated change of four or more
+groups improves). Under a binding budget the same local search minimises the budget key from the
+feasible starts merged down to ``max_groups`` groups and from budget-aware greedy insertions, and
+the best of these gets the three-group re-partitions (too costly for every start without the
+pass requirement) and the kicks. Candidate neighbours are screened with running sums and
+confirmed with the exact key. The tests check the heuristic against the exhaustive search on
 random instances of up to 10 tasks (same number of groups, feasibility, shortfall and mean
 affinity).
 """
@@ -676,7 +677,7 @@ class _Heuristic:
         self.inst = inst
         self.orderings = self._orderings(restarts, seed)
         self.kicks = 2 * restarts
-        self.rng = random.Random(seed + 1)
+        self.seed = seed
 
     def _orderings(self, restarts: int, seed: int) -> list[list[int]]:
         inst = self.inst
@@ -900,32 +901,45 @@ class _Heuristic:
 
         return extend(0)
 
-    def polish(self, groups: list[int], max_groups: int) -> list[int]:
-        """Budget mode, on the best start only: the local search with three-group re-partitions
-        (costly without the pass requirement), then iterated local search: ``kicks`` times, move
-        three random tasks to random groups, climb again, keep the result when its key is better.
-        Kicks escape optima that only a coordinated change of four or more groups improves."""
+    def polish(self, groups: list[int], max_groups: int | None) -> list[int]:
+        """Iterated local search on the best start of a mode (passing groups only when
+        ``max_groups`` is None, else the budget mode): ``kicks`` times, move three random tasks to
+        random groups (groups they pass with, in the passing mode; a new group where allowed),
+        climb again, and keep the result when its key is better. Kicks escape optima that only a
+        coordinated change of four or more groups improves. In the budget mode the climb from the
+        start first adds three-group re-partitions (costly without the pass requirement, so they
+        are not run for every start)."""
         inst = self.inst
-        best = self._local_search(groups, require_passing=False, max_groups=max_groups, polish=True)
+        require_passing = max_groups is None
+        rng = random.Random(3 * self.seed + (1 if require_passing else 2))  # one stream per mode
+        best = self._local_search(
+            groups, require_passing=require_passing, max_groups=max_groups, polish=True
+        )
         best_key = inst.key(best)
         for _ in range(self.kicks):
             kicked = list(best)
-            for task in self.rng.sample(range(inst.n), min(3, inst.n)):
+            for task in rng.sample(range(inst.n), min(3, inst.n)):
                 bit = 1 << task
                 source = next(k for k, g in enumerate(kicked) if g & bit)
-                targets = [k for k in range(len(kicked)) if k != source]
-                if len(kicked) < max_groups:
+                targets = [
+                    k
+                    for k, g in enumerate(kicked)
+                    if k != source and not (require_passing and g & ~inst.compatible[task])
+                ]
+                if max_groups is None or len(kicked) < max_groups:
                     targets.append(len(kicked))
                 if not targets:
                     continue
-                target = self.rng.choice(targets)
+                target = rng.choice(targets)
                 kicked[source] ^= bit
                 if target == len(kicked):
                     kicked.append(bit)
                 else:
                     kicked[target] |= bit
                 kicked = [g for g in kicked if g]
-            found = self._local_search(kicked, require_passing=False, max_groups=max_groups)
+            found = self._local_search(
+                kicked, require_passing=require_passing, max_groups=max_groups
+            )
             found_key = inst.key(found)
             if found_key < best_key:
                 best, best_key = found, found_key
@@ -1146,7 +1160,7 @@ def heuristic_grouping(
     """A grouping by the deterministic heuristic (any number of tasks; not guaranteed optimal).
 
     ``restarts`` random task orderings drawn from ``random.Random(seed)`` are added to the four
-    deterministic ones; under a binding budget, the best grouping also gets 2 x ``restarts``
+    deterministic ones, and the best grouping of each mode gets 2 x ``restarts``
     iterated-local-search kicks. The same inputs always give the same answer."""
     names = _check_inputs(tasks, table, max_groups)
     if restarts < 0:
@@ -1154,7 +1168,7 @@ def heuristic_grouping(
     inst = _Instance(names, table, th)
     search = _Heuristic(inst, restarts, seed)
     starts = search.feasible()
-    groups = _pick(inst, starts)  # every start was polished
+    groups = search.polish(_pick(inst, starts), max_groups=None)
     unbudgeted = len(groups)
     if max_groups is not None and len(groups) > max_groups:
         groups = search.polish(_pick(inst, search.budget(starts, max_groups)), max_groups)

@@ -166,6 +166,44 @@ def run_job(
     run_finetunes(job, tracker, should_cancel, artifact_dir)
     timings["finetune"] = time.perf_counter() - t
 
+    return analyze(job, tracker=tracker, should_cancel=should_cancel, timings=timings, started=t0)
+
+
+def analyze(
+    job: PreparedJob,
+    *,
+    progress: ProgressCallback | None = None,
+    tracker: Progress | None = None,
+    start_fraction: float = 0.0,
+    should_cancel: CancelCheck | None = None,
+    timings: dict[str, float] | None = None,
+    started: float | None = None,
+) -> dict[str, Any]:
+    """Stages 2-5 for a job whose single-task results (``job.stl``) are in place.
+
+    The service runs the fine-tunes as separate worker tasks, then calls this with the results it
+    stored (``SingleTaskResult.from_record``); ``start_fraction`` is the share of the job already
+    done, so the progress it reports continues from there.
+    """
+    spec = job.spec
+    cfg = spec.training
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter() if started is None else started
+    if tracker is None:
+        stl_steps = sum(steps_per_task(len(t.train_ids), cfg) for t in job.tokenized.values())
+        weights = {
+            "similarity": 0.02 * stl_steps,
+            "alignment": 0.15 * stl_steps + 1,
+            "grouping": 0.01 * stl_steps,
+        }
+        if spec.verify:
+            weights["verification"] = float(stl_steps)
+        tracker = Progress(progress, weights)
+        tracker.span = start_fraction
+    missing = [name for name in job.tokenized if not job.stl.get(name)]
+    if missing:
+        raise ValueError(f"no single-task result for task(s) {', '.join(missing)}")
+
     t = time.perf_counter()
     tracker.start("similarity")
     similarity = analyze_similarity(job)
@@ -214,8 +252,8 @@ def run_job(
         "verification": verification,
         "timings": timings,
     }
-    if progress is not None:
-        progress("done", 1.0)
+    if tracker.callback is not None:
+        tracker.callback("done", 1.0)
     return Recommendation.model_validate(rec).model_dump(mode="json")
 
 

@@ -121,3 +121,29 @@ def test_artifacts_are_safetensors_that_reload(tiny_bert: Path, tmp_path: Path) 
     model = TaskModel(load_encoder(tiny_bert), {"product": 3}, seed=1)
     model.load_state_dict(load_tensors(weights[0]))
     assert load_tensors(reps[0])["reps"].shape == (3, 64, 32)  # (L+1, probe, hidden)
+
+
+def test_stages_run_apart_give_the_same_recommendation(tiny_bert: Path, tmp_path: Path) -> None:
+    """The service's path: fine-tunes as separate steps, results stored and reloaded, then the
+    analysis; it must give what the one-call path gives."""
+    from models.artifacts import load_tensors
+    from models.finetune import SingleTaskResult
+    from models.pipeline import Progress, analyze, prepare, run_finetunes
+
+    whole = run_job(_spec(tiny_bert))
+    job = prepare(_spec(tiny_bert))
+    for name in job.tokenized:
+        run_finetunes(job, Progress(None, {"finetune": 1.0}), None, tmp_path, names=[name])
+    records = {n: r[0].to_record() for n, r in job.stl.items()}
+    fresh = prepare(_spec(tiny_bert))
+    for name, record in records.items():
+        reps = load_tensors(Path(record["reps_path"]))["reps"]
+        fresh.stl[name] = [SingleTaskResult.from_record(record, reps)]
+    seen: list[float] = []
+    apart = analyze(fresh, progress=lambda _s, f: seen.append(f), start_fraction=0.6)
+    assert seen[0] >= 0.6 and seen[-1] == 1.0 and seen == sorted(seen)
+    for rec in (apart, whole):
+        for task in rec["tasks"]:
+            task["stl"].pop("seconds")  # wall time differs between runs
+    for key in ("grouping", "pairs", "tasks", "groups", "verdict"):
+        assert apart[key] == whole[key], key
