@@ -35,7 +35,7 @@ test-fast: install
 
 # The main job: a real recommendation on the bundled example with the real MiniLM-L6 model.
 demo: install
-	$(VENV)/bin/taskgrouper demo --out out/demo-recommendation.json
+	$(VENV)/bin/taskgrouper demo --service --out out/demo-recommendation.json
 
 bench-cka: install
 	$(PY) bench/bench_cka.py

@@ -7,7 +7,9 @@ that do not train stay fast and light.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,6 +92,55 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--epochs", type=int, default=2)
     de.add_argument("--verify", action="store_true")
     de.add_argument("--out", type=Path, default=Path("out/demo-recommendation.json"))
+    mode = de.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--service",
+        action="store_true",
+        help="run it through the service: start `taskgrouper serve` (SQLite, local worker) in "
+        "a temporary data directory, submit the job over HTTP and follow its progress",
+    )
+    mode.add_argument("--local", action="store_true", help="run it in this process (the default)")
+    de.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="with --service: keep the service running after the job until Ctrl-C",
+    )
+
+    se = sub.add_parser(
+        "serve",
+        help="run the REST API (migrates the database first)",
+        description="Migrate the database, then serve the API with uvicorn. With "
+        "TASKGROUPER_BROKER_URL set, jobs go to the Celery workers (`taskgrouper worker`); "
+        "without it (embedded mode) one local worker process runs them.",
+    )
+    se.add_argument("--host", default="127.0.0.1")
+    se.add_argument("--port", type=int, default=8000)
+    se.add_argument("--log-level", default="info")
+
+    wo = sub.add_parser(
+        "worker",
+        help="run a Celery worker (production mode; needs TASKGROUPER_BROKER_URL)",
+        description="A Celery worker for the job tasks. By default a prefork pool of one "
+        "process that is replaced after every task (--concurrency 1 --max-tasks-per-child 1): "
+        "CUDA is only ever initialised in a child, time limits are enforced, and GPU memory is "
+        "returned after each task. --pool solo runs tasks in the worker process itself.",
+    )
+    wo.add_argument("--queues", default="gpu,celery", help="queues to consume, comma-separated")
+    wo.add_argument("--beat", action="store_true", help="also run beat (the periodic sweep)")
+    wo.add_argument("--pool", choices=["prefork", "solo"], default="prefork")
+    wo.add_argument("--hostname", "-n", default=None, help="worker name, e.g. gpu1@%%h")
+    wo.add_argument("--loglevel", default="INFO")
+
+    ke = sub.add_parser("keys", help="create, revoke and list API keys")
+    keys = ke.add_subparsers(dest="keys_command", required=True)
+    kc = keys.add_parser("create", help="create a key and print it (shown only once)")
+    kc.add_argument("name")
+    kc.add_argument("--owner", default=None, help="the key's owner (default: the name)")
+    kr = keys.add_parser("revoke", help="revoke every live key with this name or prefix")
+    kr.add_argument("name_or_prefix")
+    keys.add_parser("list", help="list the keys (name, owner, prefix, created, revoked)")
+
+    sub.add_parser("migrate", help="migrate the database to the latest schema")
 
     sy = sub.add_parser("synth", help="write a synthetic dataset with planted task structure")
     sy.add_argument("--out", required=True, type=Path)
@@ -238,6 +289,8 @@ def example_path(name: str = "tickets") -> tuple[Path, list[list[str]]]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.service:
+        return cmd_demo_service(args)
     data, planted = example_path()
     argv = [
         "analyze",
@@ -282,6 +335,246 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrated_settings() -> Any:
+    from app.db import database_url, upgrade
+    from app.settings import get_settings
+
+    settings = get_settings()
+    upgrade(database_url(settings))
+    return settings
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from app.db import database_url
+    from app.settings import get_settings
+
+    _migrated_settings()
+    print(f"database at head: {_shown_url(database_url(get_settings()))}")
+    return 0
+
+
+def _shown_url(url: str) -> str:
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from app.main import serve_app
+    from app.queue import CeleryQueue, JobQueue, LocalQueue
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = _migrated_settings()
+    queue: JobQueue
+    if settings.broker_url:
+        queue = CeleryQueue(settings.broker_url)
+        print(
+            f"jobs go to the Celery workers at {_shown_url(settings.broker_url)}", file=sys.stderr
+        )
+    else:
+        queue = LocalQueue(settings)
+        print("embedded mode: one local worker process runs the jobs", file=sys.stderr)
+    serve_app(settings, queue=queue, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from app.settings import get_settings
+
+    if not get_settings().broker_url:
+        print(
+            "error: TASKGROUPER_BROKER_URL is not set; `taskgrouper serve` runs jobs itself in "
+            "embedded mode",
+            file=sys.stderr,
+        )
+        return 2
+    from worker.celery_app import celery_app
+
+    argv = ["worker", f"--loglevel={args.loglevel}", "-Q", args.queues, f"--pool={args.pool}"]
+    if args.pool == "prefork":
+        argv += ["--concurrency=1", "--max-tasks-per-child=1"]
+    if args.hostname:
+        argv += ["-n", args.hostname]
+    if args.beat:
+        get_settings().data_dir.mkdir(parents=True, exist_ok=True)  # beat's schedule file
+        argv.append("--beat")
+    celery_app.worker_main(argv)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from app import repository
+    from app.db import database_url, make_engine, make_sessionmaker
+    from app.settings import get_settings
+
+    engine = make_engine(database_url(get_settings()))
+    try:
+        with make_sessionmaker(engine)() as session:
+            if args.keys_command == "create":
+                row, key = repository.create_api_key(
+                    session=session, name=args.name, owner=args.owner
+                )
+                session.commit()
+                print(key)
+                print(
+                    f"created key {row.prefix}... for owner {row.owner!r}; it is shown only "
+                    "once: keep it now",
+                    file=sys.stderr,
+                )
+            elif args.keys_command == "revoke":
+                n = repository.revoke_api_key(session=session, name_or_prefix=args.name_or_prefix)
+                session.commit()
+                print(f"revoked {n} key(s)")
+                return 0 if n else 1
+            else:
+                rows = repository.list_api_keys(session=session)
+                print(f"{'name':<20} {'owner':<20} {'prefix':<13} {'created':<20} revoked")
+                for row in rows:
+                    revoked = row.revoked_at.strftime("%Y-%m-%d %H:%M") if row.revoked_at else "-"
+                    created = row.created_at.strftime("%Y-%m-%d %H:%M")
+                    print(
+                        f"{row.name:<20} {row.owner:<20} {row.prefix:<13} {created:<20} {revoked}"
+                    )
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+_RUN_CLI = "import sys; from app.cli import main; sys.exit(main())"
+
+
+def cmd_demo_service(args: argparse.Namespace) -> int:
+    """The demo through the service: serve, key, upload, submit, follow, show, stop."""
+    import os
+    import subprocess
+    import tempfile
+    import time
+
+    import httpx
+
+    from models.summary import render
+
+    data, planted = example_path()
+    with tempfile.TemporaryDirectory(prefix="taskgrouper-demo-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKGROUPER_")}
+        env["TASKGROUPER_DATA_DIR"] = tmp
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        print(f"starting the service on {base} (data in {tmp})", file=sys.stderr)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _RUN_CLI,
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            cwd=tmp,
+        )
+        try:
+            with httpx.Client(base_url=base, timeout=30) as client:
+                deadline = time.monotonic() + 120
+                while True:
+                    if server.poll() is not None:
+                        print("error: the service exited", file=sys.stderr)
+                        return 1
+                    try:
+                        if client.get("/readyz").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    if time.monotonic() > deadline:
+                        print("error: the service did not become ready", file=sys.stderr)
+                        return 1
+                    time.sleep(0.5)
+                made = subprocess.run(
+                    [sys.executable, "-c", _RUN_CLI, "keys", "create", "demo"],
+                    env=env,
+                    cwd=tmp,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                key = made.stdout.strip().splitlines()[-1]
+                auth = {"Authorization": f"Bearer {key}"}
+                up = client.post(
+                    "/datasets", files={"file": (data.name, data.read_bytes())}, headers=auth
+                )
+                up.raise_for_status()
+                body = {
+                    "dataset_id": up.json()["id"],
+                    "text_column": "text",
+                    "tasks": [t for group in planted for t in group],
+                    "model": args.model,
+                    "training": {"epochs": args.epochs, "max_length": 64},
+                    "candidate_task_sets": [planted],
+                    "verify": bool(args.verify),
+                }
+                submitted = client.post("/jobs", json=body, headers=auth)
+                if submitted.status_code != 202:
+                    print(f"error: {submitted.json()['error']['message']}", file=sys.stderr)
+                    return 1
+                job_id = submitted.json()["id"]
+                print(
+                    f"job {job_id} submitted: {len(body['tasks'])} tasks, model {args.model}",
+                    file=sys.stderr,
+                )
+                shown: tuple[Any, int] = (None, -1)
+                while True:
+                    job = client.get(f"/jobs/{job_id}", headers=auth).json()
+                    pct = int(100 * job["progress"])
+                    line = (job["status"], job["stage"])
+                    if (line, pct // 5) != shown:
+                        stage = job["stage"] or "-"
+                        print(
+                            f"[{pct:3d}%] {job['status']:<9} {stage}", file=sys.stderr, flush=True
+                        )
+                        shown = (line, pct // 5)
+                    if job["status"] in ("succeeded", "failed", "cancelled"):
+                        break
+                    time.sleep(1.0)
+                if job["status"] != "succeeded":
+                    print(f"error: job {job['status']}: {job['error']}", file=sys.stderr)
+                    return 1
+                rec = client.get(f"/recommendations/{job_id}", headers=auth).json()
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(rec, indent=2))
+                print(render(rec))
+                print(f"\nFull recommendation: {args.out}")
+                print(
+                    f"Served at {base}/recommendations/{job_id} (send 'Authorization: Bearer "
+                    f"{key}'); the API's documentation is at {base}/docs"
+                )
+                if args.keep_serving:
+                    print("serving until Ctrl-C", file=sys.stderr)
+                    with contextlib.suppress(KeyboardInterrupt):
+                        server.wait()
+        finally:
+            if server.poll() is None:
+                server.send_signal(signal.SIGINT)  # uvicorn: graceful; stops the local worker
+                try:
+                    server.wait(60)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait()
+            print("service stopped", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from models.data import DataError
@@ -294,6 +587,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_demo(args)
         if args.command == "synth":
             return cmd_synth(args)
+        if args.command == "serve":
+            return cmd_serve(args)
+        if args.command == "worker":
+            return cmd_worker(args)
+        if args.command == "keys":
+            return cmd_keys(args)
+        if args.command == "migrate":
+            return cmd_migrate(args)
     except (DataError, ModelError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -174,11 +174,22 @@ def create_app(
         log.warning("no job queue given: jobs will be accepted but never run (NullQueue)")
         queue = NullQueue()
 
+    job_queue = queue
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        if engine is not None:
-            engine.dispose()
+        # A queue with start()/stop() (the embedded LocalQueue) lives as long as the app.
+        start = getattr(job_queue, "start", None)
+        if callable(start):
+            start()
+        try:
+            yield
+        finally:
+            stop = getattr(job_queue, "stop", None)
+            if callable(stop):
+                stop()
+            if engine is not None:
+                engine.dispose()
 
     app = FastAPI(
         title="taskgrouper",

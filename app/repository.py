@@ -75,6 +75,7 @@ __all__ = [
     "IdempotencyKeyReused",
     "UnknownDatasets",
     "authenticate",
+    "claim_analysis",
     "count_active_jobs",
     "create_api_key",
     "create_dataset",
@@ -97,14 +98,20 @@ __all__ = [
     "list_datasets",
     "list_jobs",
     "load_job",
+    "mark_requeued",
     "mark_running",
+    "next_queued_job",
+    "record_attempt",
     "request_cancel",
+    "requeue_job",
     "revoke_api_key",
     "save_pair_metrics",
     "save_recommendation",
     "save_task_result",
+    "stale_queued_jobs",
     "stale_running_jobs",
     "update_progress",
+    "worker_should_stop",
 ]
 
 API_KEY_PREFIX = "tg_"
@@ -546,14 +553,18 @@ def update_progress(
     stage: str,
     progress: float,
     timings: Mapping[str, float] | None = None,
+    stage_in: Sequence[str] | None = None,
     now: datetime | None = None,
 ) -> bool:
     """Report progress of a running job; also its heartbeat. Caller commits.
 
     ``progress`` (0..1) never moves backwards: a smaller value keeps the stored one (a retried
     stage re-reports from its start). ``timings`` are merged into the stored dict (seconds per
-    stage; the job's single worker is the only writer). Returns ``False`` if the job is not
-    running (e.g. cancelled or finished meanwhile): nothing is written then.
+    stage; the job's single worker is the only writer). ``stage_in``, when given, writes only
+    while the stored stage is NULL or one of these (a late fine-tune on another worker must not
+    move a job whose analysis was claimed back to ``finetune``). Returns ``False`` if the job is
+    not running (e.g. cancelled or finished meanwhile) or its stage did not match: nothing is
+    written then.
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
@@ -567,8 +578,110 @@ def update_progress(
     if timings:
         stored = session.scalar(select(Job.timings).where(Job.id == job_id)) or {}
         values["timings"] = {**stored, **{k: float(v) for k, v in timings.items()}}
+    stmt = update(Job).where(Job.id == job_id, Job.status == "running")
+    if stage_in is not None:
+        stmt = stmt.where(Job.stage.is_(None) | Job.stage.in_(list(stage_in)))
+    changed = _rowcount(session, stmt.values(**values))
+    _expire_job(session, job_id)
+    return changed == 1
+
+
+def claim_analysis(*, session: Session, job_id: str, now: datetime | None = None) -> bool:
+    """Claim the analysis step of a running job whose fine-tunes are done: exactly one caller wins.
+
+    A single conditional UPDATE (stage ``finetune`` → ``similarity``): when several workers
+    finish the last fine-tunes at once, only one sees the row change. Caller commits.
+    """
+    changed = _rowcount(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.stage == "finetune")
+        .values(stage="similarity", heartbeat_at=_now(now)),
+    )
+    _expire_job(session, job_id)
+    return changed == 1
+
+
+def record_attempt(*, session: Session, job_id: str, now: datetime | None = None) -> int:
+    """Count one more attempt of a running job (a task redelivered after its worker was lost).
+
+    Returns the new ``attempts``, or 0 if the job is not running (nothing written). Caller
+    commits.
+    """
+    changed = _rowcount(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running")
+        .values(attempts=Job.attempts + 1, heartbeat_at=_now(now)),
+    )
+    _expire_job(session, job_id)
+    if changed != 1:
+        return 0
+    return int(session.scalar(select(Job.attempts).where(Job.id == job_id)) or 0)
+
+
+def requeue_job(*, session: Session, job_id: str, refund_attempt: bool = False) -> bool:
+    """Put a running job back to ``queued`` (its worker stopped; results so far are kept).
+
+    ``refund_attempt`` takes back the attempt counted when it was started (a clean stop of
+    the service is not a lost worker). Caller commits.
+    """
+    values: dict[str, Any] = {"status": "queued", "heartbeat_at": None}
+    if refund_attempt:
+        values["attempts"] = case((Job.attempts > 0, Job.attempts - 1), else_=0)
     changed = _rowcount(
         session, update(Job).where(Job.id == job_id, Job.status == "running").values(**values)
+    )
+    _expire_job(session, job_id)
+    return changed == 1
+
+
+def worker_should_stop(*, session: Session, job_id: str) -> bool:
+    """Whether a worker running the job should stop: cancel requested, or no longer running.
+
+    Reads the row directly, never the session's cache.
+    """
+    row = session.execute(
+        select(Job.cancel_requested, Job.status).where(Job.id == job_id)
+    ).one_or_none()
+    if row is None:
+        return True
+    return bool(row.cancel_requested) or row.status != "running"
+
+
+def next_queued_job(*, session: Session) -> str | None:
+    """The id of the oldest queued job without a cancel request (the embedded worker's queue)."""
+    return session.scalar(
+        select(Job.id)
+        .where(Job.status == "queued", Job.cancel_requested.is_(False))
+        .order_by(Job.created_at, Job.id)
+        .limit(1)
+    )
+
+
+def stale_queued_jobs(*, session: Session, older_than: datetime) -> list[Job]:
+    """Queued jobs created, and last re-sent (:func:`mark_requeued`), before ``older_than``.
+
+    For a sweeper: their queue message may have been lost. Oldest first.
+    """
+    last_sent = func.coalesce(Job.heartbeat_at, Job.created_at)
+    stmt = (
+        select(Job)
+        .where(
+            Job.status == "queued",
+            Job.cancel_requested.is_(False),
+            last_sent < _timestamp(_aware(older_than, "older_than")),
+        )
+        .order_by(last_sent, Job.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def mark_requeued(*, session: Session, job_id: str, now: datetime | None = None) -> bool:
+    """Stamp a queued job as re-sent to the queue now (``heartbeat_at``). Caller commits."""
+    changed = _rowcount(
+        session,
+        update(Job).where(Job.id == job_id, Job.status == "queued").values(heartbeat_at=_now(now)),
     )
     _expire_job(session, job_id)
     return changed == 1

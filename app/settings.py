@@ -82,6 +82,29 @@ class Settings(BaseSettings):
     max_active_jobs_per_owner: int = Field(default=4, ge=1)
     max_classes_per_task: int = Field(default=100, ge=2)
     verify_seeds: int = Field(default=1, ge=1, le=10)
+    # Workers (production mode: Celery on Redis; unset broker_url means embedded mode).
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker (redis://host:6379/0). Unset: embedded mode, where the API "
+        "process runs one local worker process.",
+    )
+    task_hard_time_limit: int = Field(
+        default=6 * 3600, ge=60, description="Seconds after which a task's process is killed."
+    )
+    task_soft_time_limit: int | None = Field(
+        default=None,
+        ge=30,
+        description="Seconds after which a task is asked to stop (the job fails with a "
+        "time-limit reason). Default: 5 minutes before the hard limit.",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Starts of a job before a lost worker fails it."
+    )
+    heartbeat_timeout_s: int = Field(
+        default=300,
+        ge=10,
+        description="A running job without a heartbeat for this long has lost its worker.",
+    )
 
     @field_validator("models", mode="before")
     @classmethod
@@ -93,6 +116,13 @@ class Settings(BaseSettings):
         ):
             raise ValueError("TASKGROUPER_MODELS must be a JSON object of name -> local directory")
         return value
+
+    @property
+    def soft_time_limit(self) -> int:
+        """The soft time limit: the setting, else 5 minutes (or a tenth) before the hard one."""
+        if self.task_soft_time_limit is not None:
+            return min(self.task_soft_time_limit, self.task_hard_time_limit)
+        return self.task_hard_time_limit - min(300, self.task_hard_time_limit // 10)
 
     @property
     def artifacts(self) -> Path:

@@ -1,0 +1,522 @@
+"""The job pipeline as plain functions, shared by the Celery tasks and the embedded worker.
+
+``start_job`` → one ``finetune`` per task without a stored result → ``analyze`` (claimed once).
+Each function re-loads the job row by id, returns early when its work is already done or the
+job is over, commits its writes itself, and *returns* what should run next; the caller (a Celery
+task wrapper in :mod:`worker.tasks`, or the embedded loop in :mod:`worker.local`) enqueues it,
+so nothing is enqueued before the transaction that makes it valid has committed.
+
+The job row is the source of truth: status, stage, progress (written at most about once a
+second; each write is also the heartbeat) and the cancel flag (read at most about once a second
+by the training loop's ``should_cancel``). Any exception fails the job with a readable reason;
+:class:`models.training.JobCancelled` cancels it.
+
+This module imports torch (through ``models.pipeline``): ``app/`` must never import it at
+module level.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app import repository
+from app.settings import Settings
+from app.storage import ArtifactStore
+from app.tables import TERMINAL_STATUSES, Job, utcnow
+from models import pipeline
+from models.artifacts import load_tensors
+from models.data import DataError
+from models.finetune import SingleTaskResult
+from models.registry import ModelError
+from models.training import JobCancelled, steps_per_task
+from worker.jobspec import build_job_spec
+
+__all__ = [
+    "PREPARE_SHARE",
+    "JobReporter",
+    "StartOutcome",
+    "StepContext",
+    "SweepOutcome",
+    "WorkerStopping",
+    "analyze",
+    "failure_reason",
+    "finetune",
+    "start_job",
+    "sweep",
+]
+
+log = logging.getLogger(__name__)
+
+PREPARE_SHARE = 0.02
+"""Share of the progress bar given to preparing (as in ``models.pipeline.run_job``)."""
+FINETUNE_STAGES = ("prepare", "finetune")
+"""Stages a fine-tune may report progress under (never after the analysis was claimed)."""
+
+
+class WorkerStopping(Exception):
+    """The embedded worker is being stopped: the job goes back to ``queued`` to resume later."""
+
+
+@dataclass
+class StepContext:
+    """What a step needs: settings, a session factory, and who runs it."""
+
+    settings: Settings
+    sessionmaker: Callable[[], Session]
+    hostname: str
+    stop_requested: Callable[[], bool] | None = None
+    """The embedded worker's stop flag; when it says so a step raises :class:`WorkerStopping`."""
+    report_interval_s: float = 1.0
+
+    @property
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(self.settings.artifacts)
+
+    def artifact_dir(self, job_id: str) -> Path:
+        return self.settings.artifacts / "jobs" / job_id
+
+
+@dataclass
+class StartOutcome:
+    """What :func:`start_job` wants run next."""
+
+    finetune: list[str] = field(default_factory=list)
+    analyze: bool = False
+
+
+@dataclass
+class SweepOutcome:
+    """What :func:`sweep` did: jobs to send to ``start_job`` again, and jobs it failed."""
+
+    restart: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A readable reason for a failed job: data and model errors as they are."""
+    if isinstance(exc, DataError | ModelError):
+        return str(exc)
+    if type(exc).__name__ == "SoftTimeLimitExceeded":
+        return "the job ran past its time limit"
+    message = str(exc).strip()
+    if isinstance(exc, ValueError) and message:
+        return message
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+class JobReporter:
+    """Progress writes and cancel checks for one job, each throttled to ~1 per interval."""
+
+    def __init__(
+        self, ctx: StepContext, job_id: str, *, stage_in: Sequence[str] | None = None
+    ) -> None:
+        self.ctx = ctx
+        self.job_id = job_id
+        self.stage_in = stage_in
+        self._last_write = -float("inf")
+        self._last_stage: str | None = None
+        self._last_check = -float("inf")
+        self._stop = False
+
+    def progress(self, stage: str, fraction: float) -> None:
+        if stage == "done":  # finish_job(succeeded) sets stage and progress
+            return
+        now = time.monotonic()
+        if stage == self._last_stage and now - self._last_write < self.ctx.report_interval_s:
+            return
+        self._last_write, self._last_stage = now, stage
+        try:
+            with self.ctx.sessionmaker() as session:
+                repository.update_progress(
+                    session=session,
+                    job_id=self.job_id,
+                    stage=stage,
+                    progress=max(0.0, min(1.0, fraction)),
+                    stage_in=self.stage_in,
+                )
+                session.commit()
+        except Exception:  # a lost progress write must not fail the job
+            log.warning("job %s: progress not written", self.job_id, exc_info=True)
+
+    def should_cancel(self) -> bool:
+        if self.ctx.stop_requested is not None and self.ctx.stop_requested():
+            raise WorkerStopping("the service is stopping")
+        if self._stop:
+            return True
+        now = time.monotonic()
+        if now - self._last_check < self.ctx.report_interval_s:
+            return False
+        self._last_check = now
+        try:
+            with self.ctx.sessionmaker() as session:
+                self._stop = repository.worker_should_stop(session=session, job_id=self.job_id)
+        except Exception:
+            log.warning("job %s: cancel flag not read", self.job_id, exc_info=True)
+        return self._stop
+
+
+class _ShareTracker(pipeline.Progress):
+    """A ``Progress`` mapping one fine-tune's steps onto [lo, hi] of the whole job's bar."""
+
+    def __init__(self, callback: pipeline.ProgressCallback, lo: float, hi: float) -> None:
+        super().__init__(callback, {"finetune": 1.0})
+        self.stage = "finetune"
+        self.lo, self.hi = lo, hi
+
+    def report(self, step: int, total: int) -> None:
+        if self.callback is not None:
+            share = step / total if total else 1.0
+            self.callback("finetune", min(1.0, self.lo + (self.hi - self.lo) * share))
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _load(ctx: StepContext, job_id: str) -> Job | None:
+    with ctx.sessionmaker() as session:
+        return repository.load_job(session=session, job_id=job_id)
+
+
+def _task_names(job: Job) -> list[str]:
+    return [t["name"] for t in (job.request or {}).get("tasks", [])]
+
+
+def _seed(job: Job) -> int:
+    return int(((job.request or {}).get("training") or {}).get("seed", 0))
+
+
+def _finish(ctx: StepContext, job_id: str, status: str, error: str | None = None) -> bool:
+    with ctx.sessionmaker() as session:
+        changed = repository.finish_job(session=session, job_id=job_id, status=status, error=error)
+        session.commit()
+    if changed:
+        log.info("job %s %s%s", job_id, status, f": {error}" if error else "")
+    return changed
+
+
+def _handle_error(ctx: StepContext, job_id: str, exc: BaseException) -> None:
+    """Turn an exception of a step into the job's end (or, when stopping, back to queued)."""
+    if isinstance(exc, WorkerStopping):
+        with ctx.sessionmaker() as session:
+            repository.requeue_job(session=session, job_id=job_id, refund_attempt=True)
+            session.commit()
+        log.info("job %s put back in the queue: the worker is stopping", job_id)
+        raise exc
+    if isinstance(exc, JobCancelled):
+        _finish(ctx, job_id, "cancelled")
+        return
+    log.error("job %s failed", job_id, exc_info=exc)
+    _finish(ctx, job_id, "failed", failure_reason(exc))
+
+
+def _lost_worker(ctx: StepContext, job_id: str) -> bool:
+    """A task came back after its worker was lost: count the attempt, or fail the job.
+
+    Returns ``True`` when the job was failed (attempts used up).
+    """
+    with ctx.sessionmaker() as session:
+        job = repository.load_job(session=session, job_id=job_id)
+        if job is None or job.status != "running":
+            return False
+        if job.attempts >= ctx.settings.max_attempts:
+            attempts = job.attempts
+        else:
+            repository.record_attempt(session=session, job_id=job_id)
+            session.commit()
+            return False
+    _finish(ctx, job_id, "failed", f"worker lost {attempts} times")
+    return True
+
+
+_PREPARED: dict[str, pipeline.PreparedJob] = {}
+"""The last prepared job of this process (data, tokens, base model): consecutive steps of one
+job on one worker prepare it once."""
+
+
+def _prepared(ctx: StepContext, job: Job) -> pipeline.PreparedJob:
+    cached = _PREPARED.get(job.id)
+    if cached is None:
+        spec = build_job_spec(job, ctx.settings, ctx.store)
+        cached = pipeline.prepare(spec)
+        _PREPARED.clear()
+        _PREPARED[job.id] = cached
+    cached.stl = {}
+    return cached
+
+
+def _finetune_plan(job: pipeline.PreparedJob) -> tuple[float, float, dict[str, int]]:
+    """Where the fine-tunes sit on the job's bar (as ``run_job`` plans it), and each budget."""
+    cfg = job.spec.training
+    budgets = {n: steps_per_task(len(t.train_ids), cfg) for n, t in job.tokenized.items()}
+    stl = float(sum(budgets.values()))
+    rest = 0.02 * stl + (0.15 * stl + 1) + 0.01 * stl + (stl if job.spec.verify else 0.0)
+    span = (1.0 - PREPARE_SHARE) * stl / (stl + rest) if stl + rest else 0.0
+    return PREPARE_SHARE, PREPARE_SHARE + span, budgets
+
+
+def _done_tasks(session: Session, job_id: str, seed: int) -> set[str]:
+    return {
+        r.task
+        for r in repository.get_task_results(session=session, job_id=job_id)
+        if r.seed == seed
+    }
+
+
+def _claim_if_complete(ctx: StepContext, job: Job) -> bool:
+    """When every task has a result, claim the analysis; ``True`` for the one caller that wins."""
+    with ctx.sessionmaker() as session:
+        if not set(_task_names(job)) <= _done_tasks(session, job.id, _seed(job)):
+            return False
+        claimed = repository.claim_analysis(session=session, job_id=job.id)
+        session.commit()
+    return claimed
+
+
+# --------------------------------------------------------------------------------------------
+# the steps
+
+
+def start_job(ctx: StepContext, job_id: str, *, now: datetime | None = None) -> StartOutcome:
+    """Take a queued job (or restart one whose worker was lost): mark it running, check its
+    datasets, and say which fine-tunes to run (or that the analysis can run).
+
+    A job that is running with a fresh heartbeat is left alone (a duplicate message): only a
+    queued job or a running one silent for ``heartbeat_timeout_s`` is (re)started; a restart
+    counts an attempt and fails the job with "worker lost N times" once ``max_attempts`` starts
+    have been lost.
+    """
+    now = now or utcnow()
+    timeout = timedelta(seconds=ctx.settings.heartbeat_timeout_s)
+    with ctx.sessionmaker() as session:
+        job = repository.load_job(session=session, job_id=job_id)
+        if job is None or job.status in TERMINAL_STATUSES:
+            return StartOutcome()
+        if job.status == "running":
+            last = job.heartbeat_at or job.started_at or job.created_at
+            if now - last < timeout:
+                return StartOutcome()  # another delivery is running it
+            if job.attempts >= ctx.settings.max_attempts:
+                attempts = job.attempts
+                session.close()
+                _finish(ctx, job_id, "failed", f"worker lost {attempts} times")
+                return StartOutcome()
+        if not repository.mark_running(session=session, job_id=job_id, now=now):
+            session.commit()
+            if job.cancel_requested:
+                _finish(ctx, job_id, "cancelled")
+            return StartOutcome()
+        session.commit()
+        job = repository.load_job(session=session, job_id=job_id)
+        assert job is not None
+        stage = job.stage
+    try:
+        spec = build_job_spec(job, ctx.settings, ctx.store)
+        names = [t.name for t in spec.tasks]
+        with ctx.sessionmaker() as session:
+            pending = [n for n in names if n not in _done_tasks(session, job_id, _seed(job))]
+            repository.update_progress(
+                session=session,
+                job_id=job_id,
+                stage="finetune",
+                progress=PREPARE_SHARE,
+                stage_in=FINETUNE_STAGES,
+            )
+            session.commit()
+        if pending:
+            log.info("job %s: fine-tuning %s", job_id, ", ".join(pending))
+            return StartOutcome(finetune=pending)
+        if _claim_if_complete(ctx, job):
+            return StartOutcome(analyze=True)
+        # Restarted after its analysis was claimed by a worker that was lost: run it again.
+        return StartOutcome(analyze=stage not in (None, *FINETUNE_STAGES))
+    except Exception as exc:
+        _handle_error(ctx, job_id, exc)
+        return StartOutcome()
+
+
+def finetune(ctx: StepContext, job_id: str, task: str, *, redelivered: bool = False) -> bool:
+    """Fine-tune one task of a running job and store its result (skipped if stored already).
+
+    Returns ``True`` when this call claimed the analysis (every task now has a result): the
+    caller runs :func:`analyze` next.
+    """
+    job = _load(ctx, job_id)
+    if job is None or job.status != "running":
+        return False
+    if job.cancel_requested:
+        _finish(ctx, job_id, "cancelled")
+        return False
+    seed = _seed(job)
+    with ctx.sessionmaker() as session:
+        done = _done_tasks(session, job_id, seed)
+    if task not in done:
+        if redelivered and _lost_worker(ctx, job_id):
+            return False
+        reporter = JobReporter(ctx, job_id, stage_in=FINETUNE_STAGES)
+        try:
+            prepared = _prepared(ctx, job)
+            if task not in prepared.tokenized:
+                raise ValueError(f"job {job_id} has no task {task!r}")
+            lo, hi, budgets = _finetune_plan(prepared)
+            total = sum(budgets.values()) or 1
+            offset = sum(b for n, b in budgets.items() if n in done)
+            tracker = _ShareTracker(
+                reporter.progress,
+                lo + (hi - lo) * offset / total,
+                lo + (hi - lo) * (offset + budgets[task]) / total,
+            )
+            pipeline.run_finetunes(
+                prepared,
+                tracker,
+                reporter.should_cancel,
+                ctx.artifact_dir(job_id),
+                names=[task],
+                seeds=[seed],
+            )
+            result = prepared.stl[task][-1]
+            with ctx.sessionmaker() as session:
+                repository.save_task_result(
+                    session=session,
+                    job_id=job_id,
+                    task=task,
+                    seed=seed,
+                    macro_f1=result.macro_f1,
+                    accuracy=result.accuracy,
+                    steps=result.steps,
+                    seconds=result.seconds,
+                    metrics={"record": result.to_record(), "hostname": ctx.hostname},
+                    weights_path=result.weights_path,
+                    reps_path=result.reps_path,
+                )
+                session.commit()
+            log.info("job %s: task %r fine-tuned on %s", job_id, task, ctx.hostname)
+        except Exception as exc:
+            _handle_error(ctx, job_id, exc)
+            return False
+    return _claim_if_complete(ctx, job)
+
+
+def _pair_rows(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "task_a": p["tasks"][0],
+            "task_b": p["tasks"][1],
+            "cka_per_layer": p["cka_per_layer"],
+            "cka_min": p["cka_min"],
+            "cka_min_layer": p["cka_min_layer"],
+            "cka_mean": p["cka_mean"],
+            "grad_cosine": p["grad_cosine"],
+            "grad_cosine_per_layer": p["grad_cosine_per_layer"],
+            "conflict_rate": p["conflict_rate"],
+            "tag_ab": p["tag_affinity"][0],
+            "tag_ba": p["tag_affinity"][1],
+        }
+        for p in rec["pairs"]
+    ]
+
+
+def analyze(ctx: StepContext, job_id: str, *, redelivered: bool = False) -> None:
+    """Stages 2-5 on the stored fine-tunes; store pair metrics and the recommendation; succeed."""
+    job = _load(ctx, job_id)
+    if job is None or job.status != "running":
+        return
+    if job.cancel_requested:
+        _finish(ctx, job_id, "cancelled")
+        return
+    with ctx.sessionmaker() as session:
+        stored = repository.get_recommendation(session=session, owner=job.owner, job_id=job_id)
+    if stored is not None:  # done before, the finish was lost
+        _finish(ctx, job_id, "succeeded")
+        return
+    if redelivered and _lost_worker(ctx, job_id):
+        return
+    reporter = JobReporter(ctx, job_id)
+    try:
+        prepared = _prepared(ctx, job)
+        seed = prepared.spec.training.seed
+        with ctx.sessionmaker() as session:
+            results = repository.get_task_results(session=session, job_id=job_id)
+        finetune_seconds = 0.0
+        for row in results:
+            if row.seed != seed or row.task not in prepared.tokenized:
+                continue
+            if not row.reps_path:
+                raise ValueError(f"task {row.task!r}: its stored result has no representations")
+            reps = load_tensors(Path(row.reps_path))["reps"]
+            record = dict(row.metrics["record"])
+            prepared.stl[row.task] = [SingleTaskResult.from_record(record, reps)]
+            finetune_seconds += row.seconds
+        _, start_fraction, _ = _finetune_plan(prepared)
+        rec = pipeline.analyze(
+            prepared,
+            progress=reporter.progress,
+            start_fraction=start_fraction,
+            should_cancel=reporter.should_cancel,
+        )
+        # The fine-tunes ran as separate tasks (maybe in parallel): their summed seconds.
+        analysis = {k: float(v) for k, v in rec["timings"].items()}
+        timings = {"finetune": finetune_seconds, **analysis}
+        timings["total"] = analysis.get("total", 0.0) + finetune_seconds
+        rec["timings"] = timings
+        with ctx.sessionmaker() as session:
+            repository.save_pair_metrics(session=session, job_id=job_id, pairs=_pair_rows(rec))
+            repository.save_recommendation(session=session, job_id=job_id, body=rec)
+            repository.update_progress(
+                session=session, job_id=job_id, stage="grouping", progress=1.0, timings=timings
+            )
+            finished = repository.finish_job(session=session, job_id=job_id, status="succeeded")
+            if finished:
+                session.commit()
+            else:  # cancelled or failed meanwhile: keep it that way, store nothing
+                session.rollback()
+        _PREPARED.pop(job_id, None)
+        log.info("job %s %s", job_id, "succeeded" if finished else "ended meanwhile")
+    except Exception as exc:
+        _handle_error(ctx, job_id, exc)
+
+
+def sweep(ctx: StepContext, *, now: datetime | None = None) -> SweepOutcome:
+    """Find jobs whose worker or queue message was lost.
+
+    * running jobs without a heartbeat for ``heartbeat_timeout_s``: restart (``start_job``)
+      while ``attempts < max_attempts``, else fail with "worker lost N times";
+    * queued jobs older than a minute (and not re-sent within ``heartbeat_timeout_s``): send
+      ``start_job`` again (it is idempotent: a duplicate message finds the job running).
+    """
+    now = now or utcnow()
+    out = SweepOutcome()
+    with ctx.sessionmaker() as session:
+        stale = repository.stale_running_jobs(
+            session=session, older_than=now - timedelta(seconds=ctx.settings.heartbeat_timeout_s)
+        )
+        for job in stale:
+            if job.attempts >= ctx.settings.max_attempts:
+                if repository.finish_job(
+                    session=session,
+                    job_id=job.id,
+                    status="failed",
+                    error=f"worker lost {job.attempts} times",
+                    now=now,
+                ):
+                    out.failed.append(job.id)
+            else:
+                out.restart.append(job.id)
+        queued = repository.stale_queued_jobs(
+            session=session, older_than=now - timedelta(minutes=1)
+        )
+        resend = now - timedelta(seconds=ctx.settings.heartbeat_timeout_s)
+        for job in queued:
+            if job.heartbeat_at is None or job.heartbeat_at < resend:
+                repository.mark_requeued(session=session, job_id=job.id, now=now)
+                out.restart.append(job.id)
+        session.commit()
+    return out
