@@ -1,0 +1,121 @@
+"""The embedded default end to end: `taskgrouper serve` in a subprocess, a job through HTTP.
+
+No settings but a data directory and the model registry: SQLite and the local worker process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from models.schema import Recommendation
+from models.synth import SynthSpec, write
+
+RUN_CLI = "import sys; from app.cli import main; sys.exit(main())"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def served(tmp_path: Path, tiny_bert: Path) -> Iterator[tuple[httpx.Client, dict[str, str], int]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKGROUPER_")}
+    env.update(
+        TASKGROUPER_DATA_DIR=str(tmp_path / "data"),
+        TASKGROUPER_MODELS=json.dumps({"tiny": str(tiny_bert)}),
+        OMP_NUM_THREADS="1",  # the tiny model runs faster on one thread
+    )
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", RUN_CLI, "serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, "taskgrouper serve exited"
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "taskgrouper serve never became ready"
+            time.sleep(0.3)
+        made = subprocess.run(
+            [sys.executable, "-c", RUN_CLI, "keys", "create", "alice"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        key = made.stdout.strip().splitlines()[-1]
+        yield client, {"Authorization": f"Bearer {key}"}, server.pid
+        client.close()
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.mark.slow
+def test_a_job_through_http_on_the_embedded_default(
+    served: tuple[httpx.Client, dict[str, str], int], tmp_path: Path
+) -> None:
+    client, auth, pid = served
+    data = tmp_path / "tickets.csv"
+    write(SynthSpec(rows=200, features=(2, 1), seed=2), data)
+    up = client.post("/datasets", files={"file": ("tickets.csv", data.read_bytes())}, headers=auth)
+    assert up.status_code == 201, up.text
+    body = {
+        "dataset_id": up.json()["id"],
+        "text_column": "text",
+        "tasks": ["product", "product_flag", "severity"],
+        "model": "tiny",
+        "training": {"epochs": 1, "lr": 1e-3, "batch_size": 16, "max_length": 40},
+    }
+    started = time.monotonic()
+    submitted = client.post("/jobs", json=body, headers=auth)
+    assert submitted.status_code == 202, submitted.text
+    assert time.monotonic() - started < 5  # answers at once; the work runs in the background
+    job_id = submitted.json()["id"]
+    early = client.get(f"/recommendations/{job_id}", headers=auth)
+    assert early.status_code in (200, 409)  # 409 names the status while the job runs
+
+    deadline = time.monotonic() + 180
+    while True:
+        job = client.get(f"/jobs/{job_id}", headers=auth).json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        assert time.monotonic() < deadline, f"job still {job['status']} ({job['stage']})"
+        time.sleep(0.5)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["progress"] == 1.0
+
+    rec = client.get(f"/recommendations/{job_id}", headers=auth)
+    assert rec.status_code == 200
+    Recommendation.model_validate(rec.json())
+    assert [t["name"] for t in rec.json()["tasks"]] == body["tasks"]
+    assert client.get(f"/recommendations/{job_id}").status_code == 401
+
+    # The API process serves without torch: the training ran in the local worker process.
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert "libtorch" not in maps
