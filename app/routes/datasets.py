@@ -89,7 +89,15 @@ def _check_has_text_column(frame: pd.DataFrame, name: str) -> None:
     "`.ndjson` (one JSON object per line) or `.parquet`. The table must have a text column "
     "(a non-empty string on every row). The answer lists the columns and, for each candidate "
     "label column, its classes and counts. Limits: max_upload_bytes, max_rows_per_dataset.",
-    responses=error_responses(401, 413, 415, 422, e422="The file cannot be read as a table."),
+    responses=error_responses(
+        400,
+        401,
+        413,
+        415,
+        422,
+        e400="The body is not a well-formed multipart document.",
+        e422="The file cannot be read as a table.",
+    ),
 )
 def upload_dataset(
     owner: CurrentOwner,

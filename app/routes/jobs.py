@@ -312,7 +312,15 @@ def _replay(job: Job, digest: str, key: str, request: Request, response: Respons
     responses={
         200: {"model": JobPublic, "description": "A retry with the same Idempotency-Key."},
         **error_responses(
-            401, 409, 413, 422, 429, 503, e409="The Idempotency-Key was used for another request."
+            400,
+            401,
+            409,
+            413,
+            422,
+            429,
+            503,
+            e400="The body cannot be decoded (not UTF-8).",
+            e409="The Idempotency-Key was used for another request.",
         ),
     },
 )
