@@ -442,7 +442,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -451,6 +451,21 @@ def _free_port() -> int:
 
 
 _RUN_CLI = "import sys; from app.cli import main; sys.exit(main())"
+
+
+def create_key_via_cli(name: str, *, env: dict[str, str], cwd: Path) -> str:
+    """``taskgrouper keys create NAME`` in a subprocess with ``env``; returns the printed key."""
+    import subprocess
+
+    made = subprocess.run(
+        [sys.executable, "-c", _RUN_CLI, "keys", "create", name],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return made.stdout.strip().splitlines()[-1]
 
 
 def cmd_demo_service(args: argparse.Namespace) -> int:
@@ -468,7 +483,7 @@ def cmd_demo_service(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="taskgrouper-demo-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKGROUPER_")}
         env["TASKGROUPER_DATA_DIR"] = tmp
-        port = _free_port()
+        port = free_port()
         base = f"http://127.0.0.1:{port}"
         print(f"starting the service on {base} (data in {tmp})", file=sys.stderr)
         server = subprocess.Popen(
@@ -501,15 +516,7 @@ def cmd_demo_service(args: argparse.Namespace) -> int:
                         print("error: the service did not become ready", file=sys.stderr)
                         return 1
                     time.sleep(0.5)
-                made = subprocess.run(
-                    [sys.executable, "-c", _RUN_CLI, "keys", "create", "demo"],
-                    env=env,
-                    cwd=tmp,
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
-                key = made.stdout.strip().splitlines()[-1]
+                key = create_key_via_cli("demo", env=env, cwd=Path(tmp))
                 auth = {"Authorization": f"Bearer {key}"}
                 up = client.post(
                     "/datasets", files={"file": (data.name, data.read_bytes())}, headers=auth

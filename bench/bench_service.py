@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 
-from app.cli import _RUN_CLI, _free_port, example_path
+from app.cli import _RUN_CLI, create_key_via_cli, example_path, free_port
 from app.db import make_engine, make_sessionmaker, normalise_url, upgrade
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -260,15 +260,7 @@ def wait_workers(workers: list[Proc], timeout_s: float) -> None:
 
 
 def create_key(env: dict[str, str], cwd: Path) -> str:
-    made = subprocess.run(
-        [sys.executable, "-c", _RUN_CLI, "keys", "create", "bench"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return made.stdout.strip().splitlines()[-1]
+    return create_key_via_cli("bench", env=env, cwd=cwd)
 
 
 def parse_time(value: str) -> datetime:
@@ -405,7 +397,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             env.update(TASKGROUPER_BROKER_URL=broker, TASKGROUPER_DATABASE_URL=db_url)
         else:
             db_url = f"sqlite:///{data_dir / 'taskgrouper.db'}"
-        port = _free_port()
+        port = free_port()
         base = f"http://127.0.0.1:{port}"
         try:
             result["loadavg_1m_start"] = round(os.getloadavg()[0], 2)

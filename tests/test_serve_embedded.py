@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.cli import create_key_via_cli, free_port
 from models.schema import Recommendation
 from models.synth import SynthSpec, write
 
 RUN_CLI = "import sys; from app.cli import main; sys.exit(main())"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -38,7 +32,7 @@ def served(tmp_path: Path, tiny_bert: Path) -> Iterator[tuple[httpx.Client, dict
         TASKGROUPER_MODELS=json.dumps({"tiny": str(tiny_bert)}),
         OMP_NUM_THREADS="1",  # the tiny model runs faster on one thread
     )
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-c", RUN_CLI, "serve", "--port", str(port), "--log-level", "warning"],
         env=env,
@@ -56,15 +50,7 @@ def served(tmp_path: Path, tiny_bert: Path) -> Iterator[tuple[httpx.Client, dict
                 pass
             assert time.monotonic() < deadline, "taskgrouper serve never became ready"
             time.sleep(0.3)
-        made = subprocess.run(
-            [sys.executable, "-c", RUN_CLI, "keys", "create", "alice"],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        key = made.stdout.strip().splitlines()[-1]
+        key = create_key_via_cli("alice", env=env, cwd=tmp_path)
         yield client, {"Authorization": f"Bearer {key}"}, server.pid
         client.close()
     finally:
