@@ -32,6 +32,7 @@ from models.training import (
     CancelCheck,
     TokenizedTask,
     check_cancel,
+    layer_representations,
     model_config,
     pad_id_of,
     steps_per_task,
@@ -307,8 +308,6 @@ def analyze_similarity(job: PreparedJob) -> Similarity:
     reps = torch.stack([job.stl[n][0].reps for n in names])  # (T, L+1, n, d)
     batch = job.spec.analysis.cka_batch_size
     cka = layerwise_pairwise_cka(reps, batch_size=batch)
-    from models.training import layer_representations
-
     base = layer_representations(job.encoder, job.probe_ids, job.device, pad_id=job.pad_id)
     return Similarity(cka=cka.numpy(), to_pretrained=cross_cka(reps, base).numpy())
 
