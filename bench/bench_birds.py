@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine import cpu_model
 
 from app.settings import get_settings
 from models.options import DatasetSpec, JobSpec, TaskSpec, TrainingConfig
@@ -91,10 +92,7 @@ def main() -> None:
         f"bench_birds: openintro/birds, {len(frame)} rows, tasks {','.join(tasks)}, "
         f"minilm-l6, epochs {args.epochs}, lr {args.lr}, max_length {args.max_length}"
     )
-    print(
-        f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-        f"device {rec['settings']['device']}"
-    )
+    print(f"machine: {os.cpu_count()} cores, {cpu_model()}, device {rec['settings']['device']}")
     print(f"{'stage':<14}{'seconds':>10}")
     for stage, seconds in rec["timings"].items():
         print(f"{stage:<14}{seconds:>10.1f}")

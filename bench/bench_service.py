@@ -45,6 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
+from machine import cpu_model
 
 from app.cli import _RUN_CLI, create_key_via_cli, example_path, free_port
 from app.db import make_engine, make_sessionmaker, normalise_url, upgrade
@@ -485,16 +486,6 @@ def auth_of(key: str) -> dict[str, str]:
 
 # --------------------------------------------------------------------------------------------
 # report
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _version(name: str) -> str | None:
