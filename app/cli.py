@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -141,6 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_parser("list", help="list the keys (name, owner, prefix, created, revoked)")
 
     sub.add_parser("migrate", help="migrate the database to the latest schema")
+
+    ca = sub.add_parser(
+        "calibrate",
+        help="refit p_match from the verified jobs in the database and store it",
+        description="Fit the logistic model behind each group's p_match on every group that a "
+        "finished job verified (jobs run with verify on), judge it leave-one-dataset-out, "
+        "suggest thresholds, and store it: workers use the newest stored calibration.",
+    )
+    ca.add_argument("--dry-run", action="store_true", help="fit and report, store nothing")
+    ca.add_argument(
+        "--min-groups",
+        type=int,
+        default=20,
+        help="refuse to fit on fewer verified groups than this (default 20)",
+    )
+    ca.add_argument("--strength", type=float, default=1.0, help="inverse L2 penalty C")
+    ca.add_argument("--json", action="store_true", help="print the result as JSON")
 
     sy = sub.add_parser("synth", help="write a synthetic dataset with planted task structure")
     sy.add_argument("--out", required=True, type=Path)
@@ -367,16 +385,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = _migrated_settings()
-    queue: JobQueue
+    workers = settings.api_workers
+    queue: JobQueue | None
     if settings.broker_url:
-        queue = CeleryQueue(settings.broker_url)
+        # With several API processes each one makes its own (app.main.served_app).
+        queue = CeleryQueue(settings.broker_url) if workers == 1 else None
         print(
             f"jobs go to the Celery workers at {_shown_url(settings.broker_url)}", file=sys.stderr
         )
+    elif workers > 1:
+        print(
+            f"error: TASKGROUPER_API_WORKERS={workers} needs TASKGROUPER_BROKER_URL; embedded "
+            "mode serves from one process (its local worker runs one job at a time)",
+            file=sys.stderr,
+        )
+        return 2
     else:
         queue = LocalQueue(settings)
         print("embedded mode: one local worker process runs the jobs", file=sys.stderr)
-    serve_app(settings, queue=queue, host=args.host, port=args.port, log_level=args.log_level)
+    if workers > 1:
+        print(f"serving from {workers} API processes", file=sys.stderr)
+    serve_app(
+        settings,
+        queue=queue,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        workers=workers,
+    )
     return 0
 
 
@@ -439,6 +475,69 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     )
     finally:
         engine.dispose()
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from app import repository
+    from app.db import database_url, make_engine, make_sessionmaker
+    from app.settings import get_settings
+    from models.calibration import (
+        CalibrationError,
+        fit_calibration,
+        fit_thresholds,
+        leave_one_dataset_out,
+        observations_from_recommendation,
+    )
+
+    engine = make_engine(database_url(get_settings()))
+    try:
+        with make_sessionmaker(engine)() as session:
+            verified = repository.verified_recommendations(session=session)
+            obs = []
+            for job, rec in verified:
+                # Jobs on the same uploaded datasets share a fold: held out together.
+                fold = "+".join(sorted(d["id"] for d in (job.request or {}).get("datasets", [])))
+                obs += observations_from_recommendation(rec.body, fold or job.id)
+            if len(obs) < args.min_groups:
+                raise CalibrationError(
+                    f"only {len(obs)} verified group(s) in {len(verified)} job(s), fewer than "
+                    f"--min-groups {args.min_groups}: run more jobs with verify on"
+                )
+            cal = fit_calibration(
+                obs, strength=args.strength, source=f"{len(verified)} verified jobs"
+            )
+            metrics: dict[str, Any] = {}
+            try:
+                metrics["held_out"] = leave_one_dataset_out(obs, strength=args.strength).scores()
+            except CalibrationError as exc:
+                metrics["held_out"] = f"not measured: {exc}"
+            try:
+                fit = fit_thresholds(obs)
+                metrics["suggested_thresholds"] = dataclasses.asdict(fit.thresholds)
+                metrics["suggested_thresholds_balanced_accuracy"] = fit.balanced_accuracy
+            except CalibrationError as exc:
+                metrics["suggested_thresholds"] = f"not fitted: {exc}"
+            cal = dataclasses.replace(cal, metrics=metrics)
+            stored = None
+            if not args.dry_run:
+                row = repository.save_calibration(
+                    session=session, body=cal.to_dict(), n_groups=len(obs), n_jobs=len(verified)
+                )
+                session.commit()
+                stored = row.id
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps({"stored": stored, "calibration": cal.to_dict()}, indent=2))
+        return 0
+    matching = sum(o.matches for o in obs)
+    print(
+        f"fitted p_match on {len(obs)} verified groups ({matching} matched) of {len(verified)} jobs"
+    )
+    print(f"held out (leave one dataset out): {metrics['held_out']}")
+    print(f"suggested thresholds: {metrics['suggested_thresholds']}")
+    print(f"stored as calibration {stored}" if stored else "dry run: nothing stored")
     return 0
 
 
@@ -602,6 +701,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_keys(args)
         if args.command == "migrate":
             return cmd_migrate(args)
+        if args.command == "calibrate":
+            return cmd_calibrate(args)
     except (DataError, ModelError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -38,6 +38,7 @@ from sqlalchemy import (
     Executable,
     case,
     delete,
+    event,
     exists,
     func,
     literal,
@@ -46,9 +47,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 from sqlalchemy.orm.util import identity_key
 
+from app.caches import forget_api_keys
 from app.tables import (
     ACTIVE_STATUSES,
     DATASET_FORMATS,
@@ -56,6 +58,7 @@ from app.tables import (
     STAGES,
     TERMINAL_STATUSES,
     ApiKey,
+    Calibration,
     Dataset,
     Job,
     JobDataset,
@@ -88,6 +91,7 @@ __all__ = [
     "finish_job",
     "get_dataset",
     "get_job",
+    "get_job_status",
     "get_pair_metrics",
     "get_recommendation",
     "get_task_results",
@@ -312,6 +316,12 @@ def revoke_api_key(*, session: Session, name_or_prefix: str, now: datetime | Non
     for cached in list(session.identity_map.values()):
         if isinstance(cached, ApiKey):
             session.expire(cached)
+    if revoked:
+        # API processes cache live keys (app.caches). In this process a revoked key must stop
+        # working at once: forget them now, and again once the revocation is committed (a
+        # request checking the key in between could have cached it as live).
+        forget_api_keys()
+        event.listen(session, "after_commit", lambda _session: forget_api_keys(), once=True)
     return revoked
 
 
@@ -482,12 +492,22 @@ def create_job(
 
 
 def get_job(*, session: Session, owner: str, job_id: str) -> Job | None:
-    """The owner's job (freshly read), or ``None`` (missing, or another owner's)."""
+    """The owner's job (freshly read), or ``None`` (missing, or another owner's).
+
+    Its ``datasets`` are loaded when first used, not with the job (the API's routes read the
+    job's stored request instead; this spares a second query per ``GET /jobs/{id}``).
+    """
     return session.scalar(
         select(Job)
         .where(Job.id == job_id, Job.owner == owner)
+        .options(lazyload(Job.datasets))
         .execution_options(populate_existing=True)
     )
+
+
+def get_job_status(*, session: Session, owner: str, job_id: str) -> str | None:
+    """The status of the owner's job (one column, no row object), or ``None``."""
+    return session.scalar(select(Job.status).where(Job.id == job_id, Job.owner == owner))
 
 
 def load_job(*, session: Session, job_id: str) -> Job | None:
@@ -918,4 +938,34 @@ def get_recommendation(*, session: Session, owner: str, job_id: str) -> Recommen
         select(Recommendation)
         .join(Job, Job.id == Recommendation.job_id)
         .where(Recommendation.job_id == job_id, Job.owner == owner)
+    )
+
+
+def verified_recommendations(*, session: Session) -> list[tuple[Job, Recommendation]]:
+    """Every finished job whose recommendation holds verification results, oldest first (the
+    data ``taskgrouper calibrate`` fits ``p_match`` on)."""
+    rows = session.execute(
+        select(Job, Recommendation)
+        .join(Recommendation, Recommendation.job_id == Job.id)
+        .where(Job.status == "succeeded")
+        .order_by(Recommendation.created_at, Job.id)
+        .execution_options(yield_per=200)
+    )
+    return [(job, rec) for job, rec in rows if rec.body.get("verification")]
+
+
+def save_calibration(
+    *, session: Session, body: dict[str, Any], n_groups: int, n_jobs: int
+) -> Calibration:
+    """Store a fitted calibration; the newest one is in force. Caller commits."""
+    row = Calibration(body=body, n_groups=n_groups, n_jobs=n_jobs, created_at=utcnow())
+    session.add(row)
+    session.flush()
+    return row
+
+
+def latest_calibration(*, session: Session) -> Calibration | None:
+    """The calibration in force (the newest stored), or ``None`` (the shipped default applies)."""
+    return session.scalar(
+        select(Calibration).order_by(Calibration.created_at.desc(), Calibration.id.desc()).limit(1)
     )

@@ -299,3 +299,19 @@ class Recommendation(Base):
     )
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Calibration(Base):
+    """A fitted ``p_match`` model (``models.calibration.Calibration`` as JSON), newest in force.
+
+    Written by ``taskgrouper calibrate`` from the verified jobs; workers read the newest one when
+    they judge a job's groups.
+    """
+
+    __tablename__ = "calibrations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    n_groups: Mapped[int] = mapped_column(Integer)
+    n_jobs: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

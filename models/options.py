@@ -13,6 +13,7 @@ from typing import Literal
 
 import pandas as pd
 
+from models.calibration import Calibration, load_default
 from models.grouping import Thresholds
 
 
@@ -51,6 +52,9 @@ class AnalysisConfig:
     """How the evidence is gathered and judged (METHOD.md stages 2-5)."""
 
     thresholds: Thresholds = field(default_factory=Thresholds)
+    # The logistic model behind each group's p_match; by default the one fitted on the benchmark
+    # and shipped as models/calibration.json (None: no p_match).
+    calibration: Calibration | None = field(default_factory=load_default)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     min_class_count: int = 5
     val_fraction: float = 0.2

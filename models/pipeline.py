@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from models import grouping as grp
+from models.calibration import group_features
 from models.data import TaskData, build_probe_set, build_task
 from models.device import resolve_device
 from models.finetune import SingleTaskResult, finetune_task
@@ -383,6 +384,10 @@ def decide(job: PreparedJob, pairs: list[dict[str, Any]]) -> dict[str, Any]:
                 groups[key]["origins"].append(origin)
             return
         verdict = grp.judge_group(tasks, table, th)
+        cal = spec.analysis.calibration
+        p_match = None
+        if cal is not None and len(tasks) > 1:
+            p_match = cal.p_match(group_features(tasks, pairs))
         groups[key] = {
             "tasks": list(tasks),
             "origin": origin,
@@ -391,6 +396,7 @@ def decide(job: PreparedJob, pairs: list[dict[str, Any]]) -> dict[str, Any]:
             "evidence": verdict.evidence,
             "score": verdict.score,
             "margin": verdict.margin,
+            "p_match": p_match,
         }
 
     for group in result.grouping:
@@ -504,6 +510,13 @@ def settings_report(job: PreparedJob, align: AlignmentResult) -> dict[str, Any]:
             "tau_rep": a.thresholds.tau_rep,
             "tau_grad": a.thresholds.tau_grad,
             "rho": a.thresholds.rho,
+        },
+        "calibration": None
+        if a.calibration is None
+        else {
+            "source": a.calibration.source,
+            "n_groups": a.calibration.n_groups,
+            "datasets": list(a.calibration.datasets),
         },
         "max_groups": a.max_groups,
         "min_class_count": a.min_class_count,

@@ -70,6 +70,12 @@ class GroupReport(_Model):
         description="Mean pair affinity within the group (None: singleton)."
     )
     margin: float | None = Field(description="Smallest pass margin over the group's pairs.")
+    p_match: float | None = Field(
+        default=None,
+        description="Calibrated probability that one MTL model for the group matches its STL "
+        "models: a logistic model over the group's evidence, fitted on verified groups "
+        "(None: singleton, or no calibration in force).",
+    )
 
 
 class Verdict(_Model):

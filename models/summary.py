@@ -36,7 +36,8 @@ def render(rec: dict[str, Any]) -> str:
         if len(g["tasks"]) < 2:
             continue
         mark = "MTL matches STL" if g["mtl_matches_stl"] else "MTL would lose"
-        lines.append(f"  [{', '.join(g['tasks'])}] ({'/'.join(g['origins'])}): {mark}")
+        chance = "" if g.get("p_match") is None else f" (p_match {g['p_match']:.2f})"
+        lines.append(f"  [{', '.join(g['tasks'])}] ({'/'.join(g['origins'])}): {mark}{chance}")
         lines.extend(f"      - {e}" for e in g["evidence"][:4])
         if len(g["evidence"]) > 4:
             lines.append(f"      - ... and {len(g['evidence']) - 4} more")

@@ -25,6 +25,7 @@ TABLES = {
     "task_results",
     "pair_metrics",
     "recommendations",
+    "calibrations",
 }
 
 

@@ -17,6 +17,7 @@ module level.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -33,8 +34,10 @@ from app.storage import ArtifactStore
 from app.tables import TERMINAL_STATUSES, Job, utcnow
 from models import pipeline
 from models.artifacts import load_tensors
+from models.calibration import Calibration
 from models.data import DataError
 from models.finetune import SingleTaskResult
+from models.options import AnalysisConfig
 from models.registry import ModelError
 from models.training import JobCancelled, steps_per_task
 from worker.jobspec import build_job_spec
@@ -250,7 +253,18 @@ def _prepared(ctx: StepContext, job: Job) -> pipeline.PreparedJob:
         _PREPARED.clear()
         _PREPARED[job.id] = cached
     cached.stl = {}
+    cached.spec.analysis = _calibrated(ctx, cached.spec.analysis)
     return cached
+
+
+def _calibrated(ctx: StepContext, analysis: AnalysisConfig) -> AnalysisConfig:
+    """The analysis settings with the calibration in force: the newest one ``taskgrouper
+    calibrate`` stored, else the shipped default already in ``analysis``."""
+    with ctx.sessionmaker() as session:
+        row = repository.latest_calibration(session=session)
+    if row is None:
+        return analysis
+    return dataclasses.replace(analysis, calibration=Calibration.from_dict(row.body))
 
 
 def _finetune_plan(job: pipeline.PreparedJob) -> tuple[float, float, dict[str, int]]:

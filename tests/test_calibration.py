@@ -1,0 +1,199 @@
+"""Thresholds and p_match fitted on verified groups (models.calibration)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.calibration import (
+    FEATURES,
+    Calibration,
+    CalibrationError,
+    Observation,
+    balanced_accuracy,
+    brier,
+    fit_calibration,
+    fit_thresholds,
+    group_features,
+    leave_one_dataset_out,
+    load_default,
+    observation,
+    observations_from_recommendation,
+)
+
+
+def _pair(a: str, b: str, cka: float, grad: float, conflict: float = 0.0) -> dict[str, object]:
+    return {
+        "tasks": (a, b),
+        "cka_min": cka,
+        "cka_per_layer": [1.0, cka],
+        "grad_cosine": grad,
+        "conflict_rate": conflict,
+    }
+
+
+def _obs(dataset: str, cka: float, grad: float, conflict: float, matches: bool) -> Observation:
+    return Observation(dataset, ("a", "b"), cka, (1 + cka) / 2, grad, conflict, matches)
+
+
+def _separable(n: int, seed: int, datasets: int = 3) -> list[Observation]:
+    """Groups match exactly when CKA >= 0.4 and the gradient cosine >= 0.05."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        cka, grad, conflict = rng.uniform(0, 1), rng.uniform(-0.3, 0.3), rng.uniform(0, 0.6)
+        out.append(_obs(f"d{k % datasets}", cka, grad, conflict, cka >= 0.4 and grad >= 0.05))
+    return out
+
+
+def test_group_features_take_the_weakest_pair() -> None:
+    pairs = [
+        _pair("a", "b", 0.8, 0.2, 0.1),
+        _pair("a", "c", 0.5, 0.3, 0.4),
+        _pair("b", "c", 0.6, -0.1, 0.2),
+        _pair("a", "d", 0.0, -1.0, 1.0),  # outside the group: ignored
+    ]
+    f = group_features(["a", "b", "c"], pairs)
+    assert f["cka_min"] == 0.5
+    assert f["grad_cosine"] == -0.1
+    assert f["conflict_rate"] == 0.4
+    assert f["n_tasks"] == 3.0
+    assert f["cka_mean"] == pytest.approx(np.mean([0.9, 0.75, 0.8]))
+
+
+def test_group_features_need_every_pair() -> None:
+    with pytest.raises(CalibrationError, match="needs evidence for all 3 pairs, got 2"):
+        group_features(["a", "b", "c"], [_pair("a", "b", 0.8, 0.2), _pair("a", "c", 0.5, 0.3)])
+
+
+def test_observations_from_a_verified_recommendation() -> None:
+    rec = {
+        "pairs": [_pair("a", "b", 0.8, 0.2), _pair("a", "c", 0.2, 0.0), _pair("b", "c", 0.3, 0.1)],
+        "verification": [
+            {"tasks": ["a", "b"], "matches": True},
+            {"tasks": ["a", "b", "c"], "matches": False},
+        ],
+    }
+    obs = observations_from_recommendation(rec, "ds")
+    assert [(o.tasks, o.matches, o.dataset) for o in obs] == [
+        (("a", "b"), True, "ds"),
+        (("a", "b", "c"), False, "ds"),
+    ]
+    assert obs[1].cka_min == 0.2
+    assert observations_from_recommendation({"pairs": [], "verification": None}, "x") == []
+
+
+def test_balanced_accuracy_punishes_a_constant_verdict() -> None:
+    y = [True, True, True, False]
+    assert balanced_accuracy(y, [True] * 4) == 0.5
+    assert balanced_accuracy(y, y) == 1.0
+    assert balanced_accuracy([True, True], [True, False]) is None  # one class: undefined
+    assert brier([True, False], [1.0, 0.0]) == 0.0
+    assert brier([True, False], [0.5, 0.5]) == 0.25
+
+
+def test_fit_thresholds_recovers_a_planted_rule() -> None:
+    obs = _separable(300, seed=0)
+    fit = fit_thresholds(obs)
+    assert fit.balanced_accuracy == 1.0
+    assert 0.3 <= fit.thresholds.tau_rep <= 0.425
+    assert -0.05 <= fit.thresholds.tau_grad <= 0.075
+
+
+def test_fit_thresholds_needs_both_outcomes() -> None:
+    with pytest.raises(CalibrationError, match="groups that matched and groups that lost"):
+        fit_thresholds([_obs("d", 0.5, 0.1, 0.0, True)] * 3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(min_value=0, max_value=10_000))
+def test_fitted_thresholds_beat_or_equal_every_constant_verdict(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    obs = [
+        _obs("d", rng.uniform(0, 1), rng.uniform(-0.5, 0.5), rng.uniform(0, 1), bool(m))
+        for m in [True, False, *rng.integers(0, 2, 20)]
+    ]
+    fit = fit_thresholds(obs)
+    assert fit.balanced_accuracy >= 0.5
+    x = np.array([o.features() for o in obs])
+    pred = (
+        (x[:, 0] >= fit.thresholds.tau_rep)
+        & (x[:, 2] >= fit.thresholds.tau_grad)
+        & (x[:, 3] <= fit.thresholds.rho)
+    )
+    assert balanced_accuracy([o.matches for o in obs], pred.tolist()) == pytest.approx(
+        fit.balanced_accuracy
+    )
+
+
+def test_p_match_is_calibrated_in_direction_and_range() -> None:
+    cal = fit_calibration(_separable(300, seed=1), source="test")
+    strong = {"cka_min": 0.9, "cka_mean": 0.95, "grad_cosine": 0.25, "conflict_rate": 0.0}
+    weak = {"cka_min": 0.05, "cka_mean": 0.5, "grad_cosine": -0.25, "conflict_rate": 0.5}
+    p_strong = cal.p_match({**strong, "n_tasks": 2})
+    p_weak = cal.p_match({**weak, "n_tasks": 2})
+    assert 0.5 < p_strong < 1.0 and 0.0 < p_weak < 0.5
+    assert cal.n_groups == 300 and cal.source == "test"
+
+
+def test_p_match_with_one_outcome_is_the_smoothed_base_rate() -> None:
+    cal = fit_calibration([_obs("d", 0.5, 0.1, 0.0, True)] * 9)
+    p = cal.p_match(dict(zip(FEATURES, [0.0, 0.0, -1.0, 1.0, 2.0], strict=True)))
+    assert p == pytest.approx(9.5 / 10)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.floats(-50, 50), min_size=5, max_size=5),
+    st.floats(-50, 50),
+    st.lists(st.floats(-1e3, 1e3), min_size=5, max_size=5),
+)
+def test_p_match_is_a_probability_even_far_out(
+    coef: list[float], intercept: float, x: list[float]
+) -> None:
+    cal = Calibration(tuple(coef), intercept, (0.0,) * 5, (1.0,) * 5)
+    p = cal.p_match(dict(zip(FEATURES, x, strict=True)))
+    assert 0.0 <= p <= 1.0 and math.isfinite(p)
+
+
+def test_calibration_round_trips_through_json(tmp_path: Path) -> None:
+    cal = fit_calibration(_separable(60, seed=2), source="unit test")
+    cal.save(tmp_path / "c.json")
+    back = Calibration.load(tmp_path / "c.json")
+    assert back == cal
+    with pytest.raises(CalibrationError, match="unknown feature"):
+        Calibration.from_dict({**cal.to_dict(), "features": ["cka_min", "x", "y", "z", "w"]})
+    with pytest.raises(CalibrationError, match="scale"):
+        Calibration.from_dict({**cal.to_dict(), "scales": [1.0, 1.0, 0.0, 1.0, 1.0]})
+
+
+def test_leave_one_dataset_out_scores_held_out_data() -> None:
+    obs = _separable(240, seed=3, datasets=4)
+    held = leave_one_dataset_out(obs)
+    scores = held.scores()
+    assert len(held.folds) == 4 and scores["n_groups"] == 240
+    assert scores["balanced_accuracy_thresholds"] >= 0.9
+    assert scores["balanced_accuracy_p_match"] >= 0.8
+    assert scores["brier_p_match"] < scores["brier_base_rate"]
+    assert scores["always_matches_balanced_accuracy"] == 0.5
+    with pytest.raises(CalibrationError, match="2\\+ datasets"):
+        leave_one_dataset_out([o for o in obs if o.dataset == "d0"])
+
+
+def test_the_shipped_calibration_loads() -> None:
+    cal = load_default()
+    if cal is None:
+        pytest.skip("no models/calibration.json shipped")
+    assert cal.n_groups > 0 and cal.source
+    assert 0.0 < cal.p_match(dict(zip(FEATURES, [0.5, 0.8, 0.1, 0.1, 2.0], strict=True))) < 1.0
+
+
+def test_observation_helper_matches_group_features() -> None:
+    pairs = [_pair("x", "y", 0.7, 0.1, 0.2)]
+    o = observation("ds", ["x", "y"], pairs, True)
+    assert o.features() == [0.7, 0.85, 0.1, 0.2, 2.0]
