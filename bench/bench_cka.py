@@ -1,19 +1,34 @@
-"""Benchmark: batched layer-wise pairwise CKA vs a Python loop of ``linear_cka``.
+"""Benchmark: batched pairwise / layer-wise CKA vs a Python loop of ``linear_cka``.
 
 Usage::
 
-    .venv/bin/python bench/bench_cka.py [--t 8] [--n 1024] [--d 384] [--layers 7] [--repeats 5]
-        [--batch-size B] [--biased] [--threads N] [--out bench/out/cka.json]
+    .venv/bin/python bench/bench_cka.py [--t 8] [--n 2048] [--d 384] [--layers 7] [--repeats 3]
+        [--threads 1,2] [--kernels pairwise,layerwise] [--batch-size B] [--biased]
+        [--out bench/out/cka.json]
 
 The representations are random but structured like fine-tuned models of one backbone: every layer
 has a shared base representation, each model adds its own perturbation (growing with depth, as
 fine-tuning changes later layers more), and models in the same "task family" share an extra
 component, so CKA values spread over a realistic range instead of all being ~0 or ~1.
 
-Baseline: ``linear_cka`` over every pair (k < l) of every layer in a Python loop. Candidate:
-``layerwise_pairwise_cka`` (all pairs and layers batched). With ``--batch-size`` the minibatch
-estimator (Nguyen et al. 2021) is also timed; it is a different estimator, so its deviation from
-the full-data result is reported but not checked.
+Two kernels, each against its own baseline, for every ``--threads`` setting in one run:
+
+* ``pairwise``: ``pairwise_cka`` on layer 0 (``T`` representations) against ``linear_cka`` over
+  its ``T (T - 1) / 2`` pairs in a Python loop;
+* ``layerwise``: ``layerwise_pairwise_cka`` on all ``--layers`` layers against the loop over
+  every pair of every layer.
+
+All functions of one thread setting are timed interleaved (A B C D A B C D ...), so that load from
+other jobs on a shared machine hits them alike; one untimed warm-up of the single-layer functions
+first (the layer-wise ones run the same kernels, so they are not warmed up again). With
+``--batch-size`` the minibatch estimator (Nguyen et al. 2021) is also timed; it is a different
+estimator, so its deviation from the full-data result is reported but not checked.
+
+The table also gives the ratio of the two sides' GEMM multiply-adds under the module's own cost
+model (the ceiling of the speed ratio at equal GEMM efficiency): at n = 2048, d = 384 a pair in the
+loop takes the feature-space path (``n (2d)^2`` multiply-adds, four ``d x d`` blocks), while the
+8 representations together take the Gram path (``~T n^2 d / 2``, half of each Gram matrix), which
+puts the ceiling near 4.8x; at n = 1024 the pair takes the Gram path too and the ceiling is ~6.9x.
 """
 
 from __future__ import annotations
@@ -26,6 +41,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,7 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from machine import cpu_model
 
-from models.similarity import layerwise_pairwise_cka, linear_cka
+from models import similarity
+from models.similarity import layerwise_pairwise_cka, linear_cka, pairwise_cka
 
 TOLERANCE = 1e-6
 
@@ -66,11 +83,12 @@ def loop_baseline(reps: torch.Tensor, debiased: bool) -> torch.Tensor:
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], torch.Tensor]], repeats: int
+    fns: dict[str, Callable[[], torch.Tensor]], repeats: int, warm: set[str]
 ) -> tuple[dict[str, list[float]], dict[str, torch.Tensor]]:
     """Time each function ``repeats`` times, interleaved (A B C A B C ...) so that load from
-    other processes on a shared machine affects all of them alike. One untimed warm-up each."""
-    results = {name: fn() for name, fn in fns.items()}
+    other processes on a shared machine affects all of them alike; one untimed warm-up of those
+    named in ``warm`` first."""
+    results = {name: fn() for name, fn in fns.items() if name in warm}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -84,44 +102,137 @@ def summary(times: list[float]) -> dict[str, float]:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def cka_macs(t: int, n: int, d: int) -> float:
+    """GEMM multiply-adds of one batched CKA over ``t`` representations of one layer, under the
+    module's own cost model (the path it picks, and the flops it picks it by)."""
+    block = min(similarity._GRAM_BLOCK, n)
+    if similarity._use_feature_path(t, n, d):
+        return float(n * (t * d) ** 2)
+    return t * n * (n + block) / 2 * (d + t)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One comparison: a per-pair loop of ``linear_cka`` against one batched call."""
+
+    name: str
+    layers: int
+    baseline: Callable[[], torch.Tensor]
+    candidate: Callable[[], torch.Tensor]
+    minibatch: Callable[[], torch.Tensor] | None
+
+
+def kernels(args: argparse.Namespace, reps: torch.Tensor, debiased: bool) -> list[Kernel]:
+    single = reps[:, :1]
+    mb = args.batch_size
+    out = []
+    if "pairwise" in args.kernels:
+        out.append(
+            Kernel(
+                "pairwise",
+                1,
+                lambda: loop_baseline(single, debiased)[0],
+                lambda: pairwise_cka(single[:, 0], debiased=debiased),
+                None
+                if mb is None
+                else lambda: pairwise_cka(single[:, 0], debiased=debiased, batch_size=mb),
+            )
+        )
+    if "layerwise" in args.kernels:
+        out.append(
+            Kernel(
+                "layerwise",
+                args.layers,
+                lambda: loop_baseline(reps, debiased),
+                lambda: layerwise_pairwise_cka(reps, debiased=debiased),
+                None
+                if mb is None
+                else lambda: layerwise_pairwise_cka(reps, debiased=debiased, batch_size=mb),
+            )
+        )
+    return out
+
+
+def measure(
+    kernel_list: list[Kernel], repeats: int, t: int, n: int, d: int
+) -> dict[str, dict[str, object]]:
+    """Time every kernel's baseline and candidate (and minibatch) interleaved; compare results."""
+    fns: dict[str, Callable[[], torch.Tensor]] = {}
+    for k in kernel_list:
+        fns[f"{k.name}/baseline"] = k.baseline
+        fns[f"{k.name}/candidate"] = k.candidate
+        if k.minibatch is not None:
+            fns[f"{k.name}/minibatch"] = k.minibatch
+    warm = {name for name in fns if name.startswith("pairwise/")} or set(fns)
+    times, outs = time_interleaved(fns, repeats, warm)
+    report: dict[str, dict[str, object]] = {}
+    for k in kernel_list:
+        base_t, cand_t = times[f"{k.name}/baseline"], times[f"{k.name}/candidate"]
+        base, cand = outs[f"{k.name}/baseline"], outs[f"{k.name}/candidate"]
+        pairs = t * (t - 1) // 2 * k.layers
+        off_diag = cand[..., ~torch.eye(t, dtype=torch.bool)]
+        entry: dict[str, object] = {
+            "layers": k.layers,
+            "pair_layers": pairs,
+            "baseline": {**summary(base_t), "times_s": base_t},
+            "candidate": {**summary(cand_t), "times_s": cand_t},
+            "speed_ratio": statistics.median(base_t) / statistics.median(cand_t),
+            "speed_ratio_of_minima": min(base_t) / min(cand_t),
+            "gemm_macs_ratio": pairs * cka_macs(2, n, d) / (k.layers * cka_macs(t, n, d)),
+            "max_abs_diff": float((base - cand).abs().max()),
+            "cka_offdiag_range": [float(off_diag.min()), float(off_diag.max())],
+        }
+        if k.minibatch is not None:
+            mb_t = times[f"{k.name}/minibatch"]
+            entry["minibatch"] = {
+                **summary(mb_t),
+                "times_s": mb_t,
+                "speed_ratio": statistics.median(base_t) / statistics.median(mb_t),
+                "max_abs_diff_vs_full": float((outs[f"{k.name}/minibatch"] - cand).abs().max()),
+            }
+        report[k.name] = entry
+    return report
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--t", type=int, default=8, help="number of models")
-    parser.add_argument("--n", type=int, default=1024, help="number of inputs")
+    parser.add_argument("--n", type=int, default=2048, help="number of inputs")
     parser.add_argument("--d", type=int, default=384, help="representation width")
     parser.add_argument("--layers", type=int, default=7, help="layers per model (L + 1)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=None, help="also time minibatch CKA")
     parser.add_argument("--biased", action="store_true", help="biased instead of debiased HSIC")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument(
+        "--threads",
+        default=f"1,{os.cpu_count() or 1}",
+        help="comma-separated torch thread counts, each measured in turn (default: 1,all)",
+    )
+    parser.add_argument("--kernels", default="pairwise,layerwise", help="pairwise and/or layerwise")
     parser.add_argument("--out", type=Path, default=Path("bench/out/cka.json"))
     args = parser.parse_args(argv)
+    args.threads = list(dict.fromkeys(int(v) for v in args.threads.split(",")))
+    args.kernels = [k.strip() for k in args.kernels.split(",")]
+    if not set(args.kernels) <= {"pairwise", "layerwise"} or not args.kernels:
+        parser.error("--kernels takes pairwise and/or layerwise")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     debiased = not args.biased
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-
     reps = make_reps(args.t, args.layers, args.n, args.d, args.seed)
-    fns: dict[str, Callable[[], torch.Tensor]] = {
-        "baseline": lambda: loop_baseline(reps, debiased),
-        "candidate": lambda: layerwise_pairwise_cka(reps, debiased=debiased),
-    }
-    if args.batch_size is not None:
-        fns["minibatch"] = lambda: layerwise_pairwise_cka(
-            reps, debiased=debiased, batch_size=args.batch_size
-        )
-    load_before = os.getloadavg()[0]
-    times, outs = time_interleaved(fns, args.repeats)
-    load_after = os.getloadavg()[0]
-    base_times, cand_times = times["baseline"], times["candidate"]
-    base, cand = outs["baseline"], outs["candidate"]
-    max_diff = float((base - cand).abs().max())
-    off_diag = cand[:, ~torch.eye(args.t, dtype=torch.bool)]
-
-    rows = {
-        "baseline (loop of linear_cka)": summary(base_times),
-        "candidate (layerwise_pairwise_cka)": summary(cand_times),
-    }
+    kernel_list = kernels(args, reps, debiased)
+    load_before = os.getloadavg()
+    by_threads: dict[str, dict[str, dict[str, object]]] = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        by_threads[str(threads)] = measure(kernel_list, args.repeats, args.t, args.n, args.d)
+    load_after = os.getloadavg()
+    max_diff = max(
+        float(str(entry["max_abs_diff"])) for res in by_threads.values() for entry in res.values()
+    )
     result: dict[str, object] = {
         "config": {
             "t": args.t,
@@ -129,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             "d": args.d,
             "layers": args.layers,
             "repeats": args.repeats,
+            "threads": args.threads,
+            "kernels": args.kernels,
             "debiased": debiased,
             "batch_size": args.batch_size,
             "seed": args.seed,
@@ -136,67 +249,77 @@ def main(argv: list[str] | None = None) -> int:
         },
         "machine": {
             "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
             "cpu": cpu_model(),
             "platform": platform.platform(),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "device": "cpu",
-            "loadavg_1min_before_after": [load_before, load_after],
+            "loadavg_before": list(load_before),
+            "loadavg_after": list(load_after),
         },
-        "baseline": {**summary(base_times), "times_s": base_times},
-        "candidate": {**summary(cand_times), "times_s": cand_times},
-        "speed_ratio": statistics.median(base_times) / statistics.median(cand_times),
-        "speed_ratio_of_minima": min(base_times) / min(cand_times),
+        "results": by_threads,
         "max_abs_diff": max_diff,
         "tolerance": TOLERANCE,
-        "cka_offdiag_range": [float(off_diag.min()), float(off_diag.max())],
     }
-    if args.batch_size is not None:
-        mb_times = times["minibatch"]
-        rows[f"minibatch (batch_size={args.batch_size})"] = summary(mb_times)
-        result["minibatch"] = {
-            **summary(mb_times),
-            "times_s": mb_times,
-            "speed_ratio": statistics.median(base_times) / statistics.median(mb_times),
-            "max_abs_diff_vs_full": float((outs["minibatch"] - cand).abs().max()),
-        }
-
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print_report(args, result, by_threads)
+    return 0 if max_diff <= TOLERANCE else 1
 
+
+def print_report(
+    args: argparse.Namespace,
+    result: dict[str, object],
+    by_threads: dict[str, dict[str, dict[str, object]]],
+) -> None:
     machine = result["machine"]
     assert isinstance(machine, dict)
     print(
-        f"linear CKA ({'debiased' if debiased else 'biased'}), T={args.t} models x "
-        f"{args.layers} layers, n={args.n}, d={args.d}, float32 input, "
-        f"{args.t * (args.t - 1) // 2 * args.layers} pair-layers, {args.repeats} repeats"
+        f"linear CKA ({'biased' if args.biased else 'debiased'}), T={args.t} models, "
+        f"n={args.n}, d={args.d}, {args.layers} layers for layerwise, float32 input, "
+        f"{args.repeats} repeats, interleaved"
     )
     print(
-        f"machine: {machine['cores']} cores ({machine['torch_threads']} torch threads), "
-        f"{machine['cpu']}, torch {machine['torch']}, device cpu, "
-        f"1-min load average {load_before:.2f} -> {load_after:.2f} (shared machine)"
+        f"machine: {machine['cores']} cores, {machine['cpu']}, torch {machine['torch']}, "
+        f"device cpu; load average (1/5/15 min) "
+        f"{'/'.join(f'{v:.2f}' for v in machine['loadavg_before'])} -> "
+        f"{'/'.join(f'{v:.2f}' for v in machine['loadavg_after'])} (shared machine)"
     )
-    print(f"{'':38s} {'median s':>10s} {'min s':>10s} {'max s':>10s}")
-    for name, s in rows.items():
-        print(f"{name:38s} {s['median_s']:10.4f} {s['min_s']:10.4f} {s['max_s']:10.4f}")
     print(
-        f"speed ratio (baseline median / candidate median): {result['speed_ratio']:.2f}x "
-        f"(ratio of minima {result['speed_ratio_of_minima']:.2f}x)"
+        f"{'threads':>7s} {'kernel':10s} {'pairs':>5s} {'baseline s med (min-max)':>26s} "
+        f"{'batched s med (min-max)':>25s} {'ratio':>6s} {'r(min)':>6s} {'ceiling':>7s} "
+        f"{'max diff':>8s}"
     )
-    if "minibatch" in result:
-        mbr = result["minibatch"]
-        assert isinstance(mbr, dict)
-        print(
-            f"minibatch: ratio vs baseline {mbr['speed_ratio']:.2f}x, "
-            f"max |minibatch - full| = {mbr['max_abs_diff_vs_full']:.2e} (different estimator)"
-        )
-    ok = max_diff <= TOLERANCE
+    for threads, res in by_threads.items():
+        for name, e in res.items():
+            b, c = e["baseline"], e["candidate"]
+            assert isinstance(b, dict) and isinstance(c, dict)
+            print(
+                f"{threads:>7s} {name:10s} {e['pair_layers']!s:>5s} "
+                f"{span(b):>26s} {span(c):>25s} {e['speed_ratio']:6.2f} "
+                f"{e['speed_ratio_of_minima']:6.2f} {e['gemm_macs_ratio']:7.2f} "
+                f"{e['max_abs_diff']:8.1e}"
+            )
+            mb = e.get("minibatch")
+            if isinstance(mb, dict):
+                print(
+                    f"{'':>7s} {'  minibatch':10s} (batch_size={args.batch_size}) "
+                    f"{span(mb)}, ratio {mb['speed_ratio']:.2f}x, "
+                    f"max |minibatch - full| {mb['max_abs_diff_vs_full']:.1e} (other estimator)"
+                )
+    ok = float(str(result["max_abs_diff"])) <= TOLERANCE
     print(
-        f"max |baseline - candidate| = {max_diff:.2e} (tolerance {TOLERANCE:.0e}: "
+        "ratio = baseline median / batched median; r(min) = ratio of minima; ceiling = ratio of "
+        "GEMM multiply-adds (the speed ratio at equal GEMM efficiency)"
+    )
+    print(
+        f"max |baseline - batched| = {result['max_abs_diff']:.1e} (tolerance {TOLERANCE:.0e}: "
         f"{'OK' if ok else 'FAIL'}); JSON: {args.out}"
     )
-    return 0 if ok else 1
+
+
+def span(s: dict[str, object]) -> str:
+    return f"{s['median_s']:.3f} ({s['min_s']:.3f}-{s['max_s']:.3f})"
 
 
 if __name__ == "__main__":
