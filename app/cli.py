@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     an.add_argument("--epochs", type=int, default=None)
     an.add_argument("--max-steps", type=int, default=None)
+    an.add_argument(
+        "--step-fraction",
+        type=float,
+        default=None,
+        help="fast mode: every model trains for this share of its steps (0 < f <= 1)",
+    )
+    an.add_argument("--fast", action="store_true", help="fast mode: --step-fraction 0.25")
     an.add_argument("--lr", type=float, default=None)
     an.add_argument("--batch-size", type=int, default=None)
     an.add_argument("--max-length", type=int, default=None)
@@ -248,9 +255,20 @@ def _job_from_args(args: argparse.Namespace) -> Any:
         )
     training: dict[str, Any] = {
         k: getattr(args, k)
-        for k in ("epochs", "max_steps", "lr", "batch_size", "max_length", "probe_size", "seed")
+        for k in (
+            "epochs",
+            "max_steps",
+            "step_fraction",
+            "lr",
+            "batch_size",
+            "max_length",
+            "probe_size",
+            "seed",
+        )
         if getattr(args, k) is not None
     }
+    if args.fast and "step_fraction" not in training:
+        training["step_fraction"] = FAST_STEP_FRACTION
     th = settings.thresholds()
     thresholds = Thresholds(
         tau_rep=th.tau_rep if args.tau_rep is None else args.tau_rep,
@@ -548,6 +566,10 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
+
+FAST_STEP_FRACTION = 0.25
+"""``--fast``: the share of each model's steps trained in fast mode (README, 'How good is the
+verdict?', measures what it costs)."""
 
 _RUN_CLI = "import sys; from app.cli import main; sys.exit(main())"
 

@@ -143,6 +143,16 @@ class TrainingSettings(_Body):
         description="Caps the optimiser steps of each fine-tune; null: no cap.",
         examples=[200],
     )
+    step_fraction: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="Fast mode: every model (single-task fine-tunes, and the multi-task models "
+        "of verification) trains for this share of its steps, learning-rate schedule included "
+        "(Standley et al.'s early-stopping approximation). 1: full training. What 0.25 costs in "
+        "verdict accuracy is measured in the README, 'How good is the verdict?'.",
+        examples=[1.0],
+    )
     lr: float = Field(
         default=1e-4,
         gt=0.0,

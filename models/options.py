@@ -23,6 +23,9 @@ class TrainingConfig:
 
     epochs: int = 3
     max_steps: int | None = None  # caps each single-task fine-tune (and each MTL task's share)
+    # Fast mode (Standley et al.'s early-stopping approximation): every model trains for this share
+    # of its steps, schedule included; the MTL models of verification too, so they compare alike.
+    step_fraction: float = 1.0
     lr: float = 1e-4
     batch_size: int = 32
     max_length: int = 128
@@ -35,6 +38,7 @@ class TrainingConfig:
         checks = {
             "epochs": 1 <= self.epochs <= 100,
             "max_steps": self.max_steps is None or 1 <= self.max_steps <= 1_000_000,
+            "step_fraction": 0.0 < self.step_fraction <= 1.0,
             "lr": 0.0 < self.lr <= 1.0,
             "batch_size": 1 <= self.batch_size <= 1024,
             "max_length": 8 <= self.max_length <= 4096,

@@ -504,7 +504,16 @@ def settings_report(job: PreparedJob, align: AlignmentResult) -> dict[str, Any]:
         "model": spec.model_name,
         "training": {
             k: getattr(spec.training, k)
-            for k in ("epochs", "max_steps", "lr", "batch_size", "max_length", "probe_size", "seed")
+            for k in (
+                "epochs",
+                "max_steps",
+                "step_fraction",
+                "lr",
+                "batch_size",
+                "max_length",
+                "probe_size",
+                "seed",
+            )
         },
         "thresholds": {
             "tau_rep": a.thresholds.tau_rep,

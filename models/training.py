@@ -96,6 +96,8 @@ def length_grouped_batches(
 def steps_per_task(n_train: int, cfg: TrainingConfig) -> int:
     """Training steps of one task's single-task fine-tune: epochs over its data, capped."""
     steps = cfg.epochs * math.ceil(n_train / cfg.batch_size)
+    if cfg.step_fraction < 1.0:
+        steps = max(1, math.ceil(cfg.step_fraction * steps))
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 

@@ -182,6 +182,7 @@ def test_submit_a_job(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     assert request["training"] == {
         "epochs": 1,
         "max_steps": None,
+        "step_fraction": 1.0,
         "lr": 0.0001,
         "batch_size": 32,
         "max_length": 128,
@@ -246,6 +247,8 @@ INVALID: list[tuple[str, dict[str, Any], int, str | None, list[str]]] = [
     ("epochs", {"training": {"epochs": 0}}, 422, "training.epochs", ["greater than or equal"]),
     ("epochs big", {"training": {"epochs": 51}}, 422, "training.epochs", ["less than or equal"]),
     ("max steps", {"training": {"max_steps": 0}}, 422, "training.max_steps", ["greater"]),
+    ("fast 0", {"training": {"step_fraction": 0}}, 422, "training.step_fraction", ["greater"]),
+    ("fast 2", {"training": {"step_fraction": 2}}, 422, "training.step_fraction", ["less"]),
     ("batch", {"training": {"batch_size": 257}}, 422, "training.batch_size", ["256"]),
     ("length", {"training": {"max_length": 7}}, 422, "training.max_length", ["8"]),
     ("seed", {"training": {"seed": -1}}, 422, "training.seed", ["greater than or equal to 0"]),

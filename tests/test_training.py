@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -70,6 +71,20 @@ def test_schedule_gives_each_task_its_single_task_steps() -> None:
     # every example of a task is seen exactly `epochs` times
     seen = np.concatenate([b for n, b in schedule if n == "big"])
     assert np.bincount(seen, minlength=100).tolist() == [2] * 100
+
+
+def test_fast_mode_trains_every_task_for_a_share_of_its_steps() -> None:
+    full, fast = (
+        TrainingConfig(epochs=2, batch_size=8),
+        TrainingConfig(epochs=2, batch_size=8, step_fraction=0.25),
+    )
+    assert [steps_per_task(n, full) for n in (100, 20, 1)] == [26, 6, 2]
+    assert [steps_per_task(n, fast) for n in (100, 20, 1)] == [7, 2, 1]  # ceil, at least 1
+    tasks = {"big": _task(100), "small": _task(20)}
+    schedule = build_schedule(tasks, fast, np.random.default_rng(0))
+    assert len(schedule) == 9
+    with pytest.raises(ValueError, match="step_fraction"):
+        TrainingConfig(step_fraction=0.0)
 
 
 def test_max_steps_caps_each_task() -> None:

@@ -19,7 +19,16 @@ from models.registry import resolve_model
 
 __all__ = ["build_job_spec"]
 
-_TRAINING_KEYS = ("epochs", "max_steps", "lr", "batch_size", "max_length", "probe_size", "seed")
+_TRAINING_KEYS = (
+    "epochs",
+    "max_steps",
+    "step_fraction",
+    "lr",
+    "batch_size",
+    "max_length",
+    "probe_size",
+    "seed",
+)
 
 
 def _dataset_names(datasets: list[dict[str, Any]]) -> dict[str, str]:
