@@ -78,10 +78,10 @@ def test_a_job_through_http_on_the_embedded_default(
         "model": "tiny",
         "training": {"epochs": 1, "lr": 1e-3, "batch_size": 16, "max_length": 40},
     }
-    started = time.monotonic()
     submitted = client.post("/jobs", json=body, headers=auth)
     assert submitted.status_code == 202, submitted.text
-    assert time.monotonic() - started < 5  # answers at once; the work runs in the background
+    # Answered before the work: the job is still queued (or just picked up) when the 202 comes.
+    assert submitted.json()["status"] in ("queued", "running"), submitted.text
     job_id = submitted.json()["id"]
     early = client.get(f"/recommendations/{job_id}", headers=auth)
     assert early.status_code in (200, 409)  # 409 names the status while the job runs
