@@ -1,27 +1,39 @@
 """FastAPI dependencies: the database session, the caller's identity, and app-wide objects.
 
 * :data:`SessionDep` — one SQLAlchemy session per request, from ``app.state.sessionmaker``;
-  rolled back if the route raises, always closed. Tests override :func:`get_session`.
+  closed (what it did not commit is rolled back) when the request is done. Tests override
+  :func:`get_session`.
 * :data:`CurrentOwner` — the owner of the API key in ``Authorization: Bearer <key>``; a missing,
-  malformed, unknown or revoked key is a 401 in the API's error shape.
+  malformed, unknown or revoked key is a 401 in the API's error shape. Live keys are cached
+  for ``api_key_cache_ttl_s`` (:class:`app.caches.ApiKeyCache` in ``app.state.key_cache``).
 * :data:`DatasetIdDep`, :data:`JobIdDep` — the ``{dataset_id}`` / ``{job_id}`` path parameter in
   canonical form; anything that is not a UUID is a 404 (it cannot name a row).
 * :data:`SettingsDep`, :data:`QueueDep`, :data:`StoreDep`, :data:`LimitsDep` — what
   :func:`app.main.create_app` put into ``app.state``.
+
+Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` dependency in its
+thread pool, a hand-off that costs more than the work. The routes that use the database are plain
+``def`` (they run in the thread pool). Requests beyond ``db_pool_size`` wait for a session
+before they take a thread or a connection (see :func:`get_session`), so they cannot deadlock on
+the pool under load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app import repository
+from app.caches import ApiKeyCache
 from app.errors import ApiError
 from app.queue import JobQueue
 from app.settings import Settings
@@ -71,16 +83,26 @@ class Limits:
         return cls(**values)
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """A session for one request; rolled back on error, closed at the end."""
-    session: Session = request.app.state.sessionmaker()
-    try:
-        yield session
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session for one request, closed at the end (which rolls back what was not committed).
+
+    At most ``db_pool_size`` requests of the process hold a session at once (one connection
+    each, as many as the pool has): the others wait here, holding nothing, so no request ever
+    waits for a connection while holding a thread another one needs (which deadlocked under
+    load until the pool timed out). Closing a session that holds a connection does I/O
+    (ROLLBACK, and the connection goes back to the pool): that runs in a worker thread outside
+    the thread pool's limit, as FastAPI does for the exit of a plain generator dependency.
+    """
+    slots: anyio.Semaphore | None = getattr(request.app.state, "db_slots", None)
+    async with slots if slots is not None else contextlib.nullcontext():
+        session: Session = request.app.state.sessionmaker()
+        try:
+            yield session
+        finally:
+            if session.in_transaction():
+                await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))
+            else:
+                session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -94,7 +116,16 @@ _bearer = HTTPBearer(
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def current_owner(
+def _lookup_owner(session: Session, key: str) -> str | None:
+    row = repository.authenticate(session=session, key=key)
+    # End the read-only transaction: the connection goes back to the pool before the request
+    # waits for a thread again (for its route).
+    session.commit()
+    return None if row is None else row.owner
+
+
+async def current_owner(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
@@ -105,31 +136,38 @@ def current_owner(
             "authentication required: send an API key as 'Authorization: Bearer <key>'",
             headers=_CHALLENGE,
         )
-    key = repository.authenticate(session=session, key=credentials.credentials.strip())
-    if key is None:
-        raise ApiError(401, "the API key is unknown or has been revoked", headers=_CHALLENGE)
-    return key.owner
+    key = credentials.credentials.strip()
+    cache: ApiKeyCache | None = getattr(request.app.state, "key_cache", None)
+    digest = repository.hash_api_key(key)
+    owner = cache.get(digest) if cache is not None else None
+    if owner is None:
+        owner = await run_in_threadpool(_lookup_owner, session, key)
+        if owner is None:
+            raise ApiError(401, "the API key is unknown or has been revoked", headers=_CHALLENGE)
+        if cache is not None:
+            cache.put(digest, owner)
+    return owner
 
 
 CurrentOwner = Annotated[str, Depends(current_owner)]
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _queue(request: Request) -> JobQueue:
+async def _queue(request: Request) -> JobQueue:
     queue: JobQueue = request.app.state.queue
     return queue
 
 
-def _store(request: Request) -> ArtifactStore:
+async def _store(request: Request) -> ArtifactStore:
     store: ArtifactStore = request.app.state.store
     return store
 
 
-def _limits(request: Request) -> Limits:
+async def _limits(request: Request) -> Limits:
     limits: Limits = request.app.state.limits
     return limits
 
@@ -150,7 +188,7 @@ def _canonical_id(value: str, kind: str) -> str:
 _ID_EXAMPLE = "3f2b8c1e-9a4d-4e57-8c0b-2d6f1a7e9b10"
 
 
-def _dataset_id(
+async def _dataset_id(
     dataset_id: Annotated[
         str, Path(description="The dataset's id (a UUID).", examples=[_ID_EXAMPLE])
     ],
@@ -158,7 +196,7 @@ def _dataset_id(
     return _canonical_id(dataset_id, "dataset")
 
 
-def _job_id(
+async def _job_id(
     job_id: Annotated[str, Path(description="The job's id (a UUID).", examples=[_ID_EXAMPLE])],
 ) -> str:
     return _canonical_id(job_id, "job")

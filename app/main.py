@@ -1,10 +1,11 @@
 """The REST API: :func:`create_app` builds the FastAPI application.
 
 ``uvicorn app.main:app`` serves an app built from the environment's settings (``app`` is created
-on first access, not at import). :func:`serve_app` builds one for given settings and serves it;
-neither runs migrations (the CLI migrates before it serves). The API process never imports torch
-or transformers: it validates requests with the light ``models`` modules and hands jobs to a
-:class:`app.queue.JobQueue`.
+on first access, not at import). :func:`serve_app` builds one for given settings and serves it,
+in ``api_workers`` processes when there are several (each builds its app with
+:func:`served_app`); none of these runs migrations (the CLI migrates before it serves). The API
+process never imports torch or transformers: it validates requests with the light ``models``
+modules and hands jobs to a :class:`app.queue.JobQueue`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from contextlib import asynccontextmanager
 from importlib import metadata
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -22,15 +25,16 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.caches import ApiKeyCache, RecommendationCache
 from app.db import database_url, make_engine, make_sessionmaker
 from app.deps import Limits
 from app.errors import error_response, install_error_handlers
-from app.queue import JobQueue, NullQueue
+from app.queue import CeleryQueue, JobQueue, NullQueue
 from app.routes import api_router
 from app.settings import Settings, get_settings
 from app.storage import ArtifactStore
 
-__all__ = ["BodySizeLimit", "create_app", "serve_app"]
+__all__ = ["BodySizeLimit", "create_app", "serve_app", "served_app"]
 
 log = logging.getLogger(__name__)
 
@@ -161,14 +165,19 @@ def create_app(
 
     ``settings`` default to the environment's (:func:`app.settings.get_settings`);
     ``session_factory`` defaults to a sessionmaker on ``database_url(settings)`` (its engine is
-    disposed at shutdown); ``queue`` defaults to a :class:`NullQueue`, which runs nothing (a
-    warning says so). All three, the artifact store and the limits go to ``app.state``.
+    disposed at shutdown; a pool of ``db_pool_size`` connections); ``queue`` defaults to a
+    :class:`NullQueue`, which runs nothing (a warning says so). All three, the artifact store,
+    the limits, the caches (:mod:`app.caches`) and ``db_slots`` (``db_pool_size`` requests use
+    the database at once, :func:`app.deps.get_session`) go to ``app.state``. While the app
+    runs, its thread pool (where the routes that use the database run) has ``db_pool_size``
+    threads.
     """
     settings = settings if settings is not None else get_settings()
     limits = Limits.from_settings(settings)
     engine: Engine | None = None
+    pool_size = settings.db_pool_size
     if session_factory is None:
-        engine = make_engine(database_url(settings))
+        engine = make_engine(database_url(settings), pool_size=pool_size, max_overflow=0)
         session_factory = make_sessionmaker(engine)
     if queue is None:
         log.warning("no job queue given: jobs will be accepted but never run (NullQueue)")
@@ -178,6 +187,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # More threads than connections would only wait for a connection (and for the GIL).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = pool_size
         # A queue with start()/stop() (the embedded LocalQueue) lives as long as the app.
         start = getattr(job_queue, "start", None)
         if callable(start):
@@ -204,6 +215,9 @@ def create_app(
     app.state.sessionmaker = session_factory
     app.state.store = ArtifactStore(settings.artifacts)
     app.state.limits = limits
+    app.state.key_cache = ApiKeyCache(settings.api_key_cache_ttl_s)
+    app.state.db_slots = anyio.Semaphore(pool_size)
+    app.state.recommendations = RecommendationCache()
     install_error_handlers(app)
     app.add_middleware(
         BodySizeLimit,
@@ -214,6 +228,18 @@ def create_app(
     return app
 
 
+def served_app() -> FastAPI:
+    """The app of one of several API worker processes: the environment's settings, Celery queue.
+
+    uvicorn calls this in each worker process it starts (``factory=True``); the processes
+    inherit the environment of ``taskgrouper serve``.
+    """
+    settings = get_settings()
+    if not settings.broker_url:
+        raise RuntimeError("several API worker processes need TASKGROUPER_BROKER_URL")
+    return create_app(settings, queue=CeleryQueue(settings.broker_url))
+
+
 def serve_app(
     settings: Settings | None = None,
     *,
@@ -221,11 +247,28 @@ def serve_app(
     host: str = "127.0.0.1",
     port: int = 8000,
     log_level: str = "info",
+    workers: int = 1,
 ) -> None:
-    """Create the app for ``settings`` and serve it with uvicorn (blocks). Runs no migrations."""
+    """Serve the API with uvicorn (blocks). Runs no migrations.
+
+    One worker: the app for ``settings`` and ``queue``, in this process. Several: uvicorn starts
+    ``workers`` processes sharing the socket, each building its app with :func:`served_app`
+    (``settings`` and ``queue`` must then be the environment's and its Celery queue).
+    """
     import uvicorn
 
-    uvicorn.run(create_app(settings, queue=queue), host=host, port=port, log_level=log_level)
+    if workers == 1:
+        application = create_app(settings, queue=queue)
+        uvicorn.run(application, host=host, port=port, log_level=log_level)
+        return
+    uvicorn.run(
+        f"{__name__}:served_app",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level=log_level,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -82,6 +82,27 @@ class Settings(BaseSettings):
     max_active_jobs_per_owner: int = Field(default=4, ge=1)
     max_classes_per_task: int = Field(default=100, ge=2)
     verify_seeds: int = Field(default=1, ge=1, le=10)
+    # The API process (`taskgrouper serve`).
+    api_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="API worker processes (uvicorn workers) of `taskgrouper serve`. More than "
+        "one needs broker_url: embedded mode serves from one process.",
+    )
+    db_pool_size: int = Field(
+        default=4,
+        ge=1,
+        description="Per API process: requests that use the database at once (more wait), "
+        "database connections kept open, and threads.",
+    )
+    api_key_cache_ttl_s: float = Field(
+        default=5.0,
+        ge=0.0,
+        description="Seconds an API process trusts an API key it found live; a key revoked by "
+        "`taskgrouper keys revoke` stops working within this. 0: every request checks the "
+        "database.",
+    )
     # Workers (production mode: Celery on Redis; unset broker_url means embedded mode).
     broker_url: str | None = Field(
         default=None,

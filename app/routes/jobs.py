@@ -444,11 +444,14 @@ def list_jobs(
 )
 def get_job(
     job_id: JobIdDep, owner: CurrentOwner, session: SessionDep, request: Request
-) -> JobPublic:
+) -> Response:
     job = repository.get_job(session=session, owner=owner, job_id=job_id)
     if job is None:
         raise ApiError(404, f"no job with id {job_id!r}")
-    return job_public(job, request)
+    # Rendered here, as FastAPI renders a response_model (by alias): returning the model would
+    # have FastAPI validate it again, in another trip through the thread pool (a polled route).
+    body = job_public(job, request).model_dump_json(by_alias=True)
+    return Response(body, media_type="application/json")
 
 
 @router.post(

@@ -1,15 +1,17 @@
 """``/recommendations/{job_id}``: the result of a job that has succeeded.
 
 The body is the engine's JSON (``models.schema.Recommendation``), validated on the way out.
+A recommendation never changes once its job has succeeded, so it is validated and rendered once
+per process and the bytes are kept (:class:`app.caches.RecommendationCache`); the job's status
+and owner are still read from the database on every request.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 
 from app import repository
+from app.caches import RecommendationCache
 from app.deps import CurrentOwner, JobIdDep, SessionDep
 from app.errors import ApiError, error_responses
 from app.tables import Job
@@ -55,7 +57,14 @@ def not_ready_message(job: Job) -> str:
         e409="The job has not succeeded (yet); the message says where it stands.",
     ),
 )
-def get_recommendation(job_id: JobIdDep, owner: CurrentOwner, session: SessionDep) -> Any:
+def get_recommendation(
+    job_id: JobIdDep, owner: CurrentOwner, session: SessionDep, request: Request
+) -> Response:
+    cache: RecommendationCache = request.app.state.recommendations
+    if repository.get_job_status(session=session, owner=owner, job_id=job_id) == "succeeded":
+        rendered = cache.get(job_id)
+        if rendered is not None:
+            return Response(rendered, media_type="application/json")
     job = repository.get_job(session=session, owner=owner, job_id=job_id)
     if job is None:
         raise ApiError(404, f"no job with id {job_id!r}")
@@ -64,4 +73,7 @@ def get_recommendation(job_id: JobIdDep, owner: CurrentOwner, session: SessionDe
     stored = repository.get_recommendation(session=session, owner=owner, job_id=job_id)
     if stored is None:
         raise ApiError(404, f"job {job_id} succeeded but no recommendation is stored for it")
-    return stored.body
+    # As FastAPI renders a response_model (by alias), once.
+    rendered = Recommendation.model_validate(stored.body).model_dump_json(by_alias=True).encode()
+    cache.put(job_id, rendered)
+    return Response(rendered, media_type="application/json")
