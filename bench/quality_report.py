@@ -1,0 +1,364 @@
+"""The report of ``bench_quality.py``: verdict accuracy, regret, planted recovery, cost.
+
+Reads the case files the runs wrote, then
+
+- fits the thresholds and ``p_match`` on all verified groups and judges both leave-one-dataset-out
+  (``models.calibration``); the fit on all data is written to ``models/calibration.json`` with
+  ``--ship`` (the package's default ``p_match`` model);
+- per case, with the thresholds fitted *without* that case's dataset: the recommended grouping,
+  its mean macro-F1 against the best partition's (regret, F1 points), planted grouping recovered;
+- the cost of a recommendation against brute force, Standley's HOA and TAG, in training steps
+  (one step = one batch forward and backward) and in measured seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from machine import cpu_model
+
+from models import grouping as grp
+from models.calibration import (
+    Calibration,
+    CalibrationError,
+    Observation,
+    balanced_accuracy,
+    fit_calibration,
+    fit_thresholds,
+    leave_one_dataset_out,
+    observation,
+)
+
+SHIP = Path(__file__).resolve().parents[1] / "models" / "calibration.json"
+
+
+def load_cases(folder: Path) -> list[dict[str, Any]]:
+    cases = []
+    for path in sorted(folder.glob("*.json")):
+        data = json.loads(path.read_text())
+        if data.get("groups"):
+            data["complete"] = "seconds" in data
+            cases.append(data)
+    return cases
+
+
+def case_observations(case: dict[str, Any], *, fast: bool = False) -> list[Observation]:
+    """The measured groups with the full evidence, or with fast mode's (early-stopped) one."""
+    pairs = case["fast"]["pairs"] if fast else case["recommendation"]["pairs"]
+    return [observation(case["dataset"], g["tasks"], pairs, g["matches"]) for g in case["groups"]]
+
+
+def table_of(case: dict[str, Any]) -> grp.PairTable:
+    return grp.PairTable.from_pairs(
+        case["tasks"],
+        [
+            grp.PairEvidence(
+                a=p["tasks"][0],
+                b=p["tasks"][1],
+                cka_min=p["cka_min"],
+                cka_min_layer=p["cka_min_layer"],
+                grad_cosine=p["grad_cosine"],
+                conflict_rate=p["conflict_rate"],
+            )
+            for p in case["recommendation"]["pairs"]
+        ],
+    )
+
+
+def group_f1(case: dict[str, Any]) -> dict[frozenset[str], dict[str, float]]:
+    """Seed-mean macro-F1 of each task under each measured model (singletons: STL)."""
+    out = {frozenset([t]): {t: statistics.fmean(f1s)} for t, f1s in case["stl"].items()}
+    for g in case["groups"]:
+        out[frozenset(g["tasks"])] = {t: statistics.fmean(v) for t, v in g["mtl"].items()}
+    return out
+
+
+def partition_score(
+    partition: list[list[str]], f1: dict[frozenset[str], dict[str, float]]
+) -> float | None:
+    """Mean task macro-F1 of a partition, or None if one of its groups was not measured."""
+    values = []
+    for group in partition:
+        measured = f1.get(frozenset(group))
+        if measured is None:
+            return None
+        values += [measured[t] for t in group]
+    return statistics.fmean(values)
+
+
+def best_partition(case: dict[str, Any]) -> tuple[list[list[str]], float]:
+    f1 = group_f1(case)
+    best: tuple[list[list[str]], float] | None = None
+    for partition in grp.set_partitions(case["tasks"]):
+        score = partition_score(partition, f1)
+        if score is not None and (best is None or score > best[1] + 1e-12):
+            best = (partition, score)
+    assert best is not None  # the all-singletons partition is always measured
+    return best
+
+
+def same_partition(a: list[list[str]], b: list[list[str]]) -> bool:
+    return {frozenset(g) for g in a} == {frozenset(g) for g in b}
+
+
+def analysis_steps(alignment: dict[str, Any], t: int, batch_size: int) -> float:
+    """Stage 3 in training steps: a joint warm-up step reads one (smaller) batch per task; a
+    sample adds one backward per task and T x T lookahead forwards (a forward ~ 1/3 of a step)."""
+    align_bs = min(batch_size, 16)
+    return (alignment["steps"] * t + alignment["samples"] * t * (1 + t / 3)) * align_bs / batch_size
+
+
+def cost(case: dict[str, Any]) -> dict[str, Any]:
+    """Training steps (one batch forward + backward) and seconds, one seed each.
+
+    An MTL model of a group trains each of its tasks for exactly its STL steps
+    (``training.build_schedule``), so brute force over every group of 2+ tasks costs
+    ``2^(T-1) x`` the STL steps (each task is in 2^(T-1) - 1 such groups, plus its STL model),
+    Standley's HOA (T STL + T(T-1)/2 pairs) ``T x``, and TAG's one joint run of all tasks ``1 x``
+    (its lookahead passes left out: a lower bound). Measured steps agree where brute force ran.
+    """
+    t = len(case["tasks"])
+    stl = sum(case["stl_steps"].values())
+    bs = case["training"]["batch_size"]
+    recommendation = stl + analysis_steps(case["recommendation"]["alignment"], t, bs)
+    brute, hoa, tag = 2 ** (t - 1) * stl, t * stl, stl
+    measured = stl + sum(g["steps_per_seed"] for g in case["groups"])
+    timings = case["recommendation"]["timings"]
+    rec_s = sum(timings.get(k, 0.0) for k in ("finetune", "similarity", "alignment", "grouping"))
+    n_seeds = len(case["seeds"])
+    brute_s = None
+    if case["group_mode"] == "all" and case["complete"]:
+        brute_s = timings["finetune"] + sum(g["seconds"] / n_seeds for g in case["groups"])
+    out = {
+        "recommendation_steps": recommendation,
+        "stl_share": stl / recommendation,
+        "brute_force_steps": brute,
+        "brute_force_steps_measured": measured if case["group_mode"] == "all" else None,
+        "ratio_brute_force": recommendation / brute,
+        "ratio_hoa": recommendation / hoa,
+        "ratio_tag": recommendation / tag,
+        "recommendation_s": rec_s,
+        "brute_force_s": brute_s,
+        "ratio_brute_force_s": rec_s / brute_s if brute_s else None,
+    }
+    fast = case.get("fast")
+    if fast:
+        fast_steps = sum(fast["stl_steps"].values()) + analysis_steps(fast["alignment"], t, bs)
+        out["fast_steps"] = fast_steps
+        out["fast_ratio_brute_force"] = fast_steps / brute
+        out["fast_s"] = sum(
+            fast["timings"].get(k, 0.0) for k in ("finetune", "similarity", "alignment")
+        )
+    return out
+
+
+def judge_cases(
+    cases: list[dict[str, Any]], fold_thresholds: dict[str, grp.Thresholds]
+) -> list[dict[str, Any]]:
+    rows = []
+    for case in cases:
+        th = fold_thresholds[case["dataset"]]
+        table = table_of(case)
+        rec = grp.recommend_grouping(case["tasks"], table, th).grouping
+        f1 = group_f1(case)
+        rec_score = partition_score(rec, f1)
+        best, best_score = best_partition(case)
+        verdicts = [grp.judge_group(g["tasks"], table, th).matches for g in case["groups"]]
+        measured = [g["matches"] for g in case["groups"]]
+        spreads = [
+            max(p["stl_spread"], p["mtl_spread"]) for g in case["groups"] for p in g["per_task"]
+        ]
+        rows.append(
+            {
+                "case": case["case"],
+                "complete": case["complete"],
+                "groups": len(measured),
+                "losing_groups": measured.count(False),
+                "confirmed": sum(v == m for v, m in zip(verdicts, measured, strict=True)),
+                "balanced_accuracy": balanced_accuracy(measured, verdicts),
+                "thresholds": dataclasses.asdict(th),
+                "recommended": rec,
+                "recommended_f1": rec_score,
+                "best": best,
+                "best_f1": best_score,
+                "regret_points": None if rec_score is None else 100 * (best_score - rec_score),
+                "planted": case["planted"],
+                "planted_recovered": None
+                if case["planted"] is None
+                else same_partition(rec, case["planted"]),
+                "median_seed_spread_points": 100 * statistics.median(spreads),
+                "cost": cost(case),
+            }
+        )
+    return rows
+
+
+def fold_thresholds(obs: list[Observation]) -> dict[str, grp.Thresholds]:
+    out = {}
+    for held in sorted({o.dataset for o in obs}):
+        out[held] = fit_thresholds([o for o in obs if o.dataset != held]).thresholds
+    return out
+
+
+def fmt(value: float | None, spec: str = ".2f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+SHIPPED_FAMILY = "pretrained"
+"""The family the shipped defaults are fitted on: the service's default model is MiniLM-L6."""
+
+
+def family(case: dict[str, Any]) -> str:
+    """Pretrained encoders (MiniLM) vs randomly initialised capacity-limited ones (tiny)."""
+    return "random-init" if case["model"].startswith("tiny-") else "pretrained"
+
+
+def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    """Held-out scores, thresholds fitted on all, per-case rows and fast mode, for ``cases``."""
+    obs = [o for case in cases for o in case_observations(case)]
+    out: dict[str, Any] = {"label": label, "cases": [c["case"] for c in cases]}
+    try:
+        held = leave_one_dataset_out(obs)
+        folds = fold_thresholds(obs)
+        fit_all = fit_thresholds(obs)
+    except CalibrationError as exc:
+        out["error"] = str(exc)
+        out["n_groups"] = len(obs)
+        return out
+    default = grp.Thresholds()
+    x = np.array([o.features() for o in obs])
+    y = [o.matches for o in obs]
+    default_verdicts = (
+        (x[:, 0] >= default.tau_rep) & (x[:, 2] >= default.tau_grad) & (x[:, 3] <= default.rho)
+    )
+    out.update(
+        {
+            "held_out": held.scores(),
+            "folds": held.folds,
+            "fitted_thresholds": dataclasses.asdict(fit_all.thresholds),
+            "fitted_thresholds_balanced_accuracy_in_sample": fit_all.balanced_accuracy,
+            "fitted_thresholds_ties": fit_all.n_tied,
+            "current_default_balanced_accuracy": balanced_accuracy(y, default_verdicts.tolist()),
+            "rows": judge_cases(cases, folds),
+            "fast_mode": evaluate_fast(cases),
+        }
+    )
+    cal = fit_calibration(
+        obs, source=f"bench/bench_quality.py, {label}: {len(cases)} cases, {len(obs)} groups"
+    )
+    out["calibration"] = dataclasses.replace(
+        cal,
+        metrics={
+            "held_out": out["held_out"],
+            "fitted_thresholds": out["fitted_thresholds"],
+            "fitted_thresholds_balanced_accuracy_in_sample": fit_all.balanced_accuracy,
+        },
+    ).to_dict()
+    return out
+
+
+def evaluate_fast(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Fast mode's held-out scores against the full evidence's, on the same cases."""
+    fast_cases = [c for c in cases if c.get("fast")]
+    if len({c["dataset"] for c in fast_cases}) < 2:
+        return None
+    fast_obs = [o for c in fast_cases for o in case_observations(c, fast=True)]
+    same_obs = [o for c in fast_cases for o in case_observations(c)]
+    try:
+        return {
+            "cases": len(fast_cases),
+            "fraction": fast_cases[0]["fast"]["fraction"],
+            "fast": leave_one_dataset_out(fast_obs).scores(),
+            "full_same_cases": leave_one_dataset_out(same_obs).scores(),
+        }
+    except CalibrationError as exc:
+        return {"error": str(exc)}
+
+
+def report(folder: Path, out: Path, *, ship: bool = False) -> int:
+    cases = load_cases(folder)
+    if not cases:
+        print(f"no case results under {folder}: run `bench_quality.py run` first")
+        return 1
+    families = sorted({family(c) for c in cases})
+    result = {
+        "machine": f"{os.cpu_count()} cores, {cpu_model()}",
+        "families": {f: evaluate([c for c in cases if family(c) == f], f) for f in families},
+        "pooled": evaluate(cases, "pooled"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    shipped = result["families"].get(SHIPPED_FAMILY, {})
+    if ship:
+        if "calibration" not in shipped:
+            print(f"nothing shipped: no fit for the {SHIPPED_FAMILY} family")
+            return 1
+        Calibration.from_dict(shipped["calibration"]).save(SHIP)
+    print(f"\nbench_quality report; machine: {result['machine']}")
+    for name in [*families, "pooled"]:
+        part = result["pooled"] if name == "pooled" else result["families"][name]
+        print_tables(part)
+    return 0
+
+
+def print_tables(part: dict[str, Any]) -> None:
+    print(f"\n== {part['label']} ({len(part['cases'])} cases)")
+    if "error" in part:
+        print(f"  not fitted: {part['error']}")
+        return
+    s = part["held_out"]
+    print(
+        f"verified groups: {s['n_groups']} ({s['n_groups'] - s['n_matching']} lose, "
+        f"{100 * (1 - s['n_matching'] / s['n_groups']):.0f}%)"
+    )
+    print("Held out (leave one dataset out, pooled over folds):")
+    print(f"  balanced accuracy, fitted thresholds: {fmt(s['balanced_accuracy_thresholds'])}")
+    print(f"  balanced accuracy, p_match >= 0.5:    {fmt(s['balanced_accuracy_p_match'])}")
+    print(
+        f"  Brier, p_match: {fmt(s['brier_p_match'], '.3f')}  (base rate: "
+        f"{fmt(s['brier_base_rate'], '.3f')})"
+    )
+    print(f"  always 'matches': {fmt(s['always_matches_balanced_accuracy'])}")
+    print(
+        f"  thresholds in force when run, in sample: "
+        f"{fmt(part['current_default_balanced_accuracy'])}"
+    )
+    th = part["fitted_thresholds"]
+    print(
+        f"thresholds fitted on all: tau_rep {th['tau_rep']}, tau_grad {th['tau_grad']}, "
+        f"rho {th['rho']} (in-sample balanced accuracy "
+        f"{part['fitted_thresholds_balanced_accuracy_in_sample']:.2f}, "
+        f"{part['fitted_thresholds_ties']} tied grid points)"
+    )
+    fast = part.get("fast_mode")
+    if fast and "fast" in fast:
+        f, g = fast["fast"], fast["full_same_cases"]
+        print(
+            f"fast mode (fine-tunes at {fast['fraction']:.0%} of their steps, {fast['cases']} "
+            f"cases): held-out balanced accuracy {fmt(f['balanced_accuracy_thresholds'])} "
+            f"(full: {fmt(g['balanced_accuracy_thresholds'])}), p_match "
+            f"{fmt(f['balanced_accuracy_p_match'])} (full: {fmt(g['balanced_accuracy_p_match'])})"
+            f", Brier {fmt(f['brier_p_match'], '.3f')} (full: {fmt(g['brier_p_match'], '.3f')})"
+        )
+    print(
+        "\n| case | groups (lose) | confirmed | bal. acc. | regret F1 pts | planted | "
+        "seed spread pts | steps vs brute / HOA / TAG | fast vs brute |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in part["rows"]:
+        c = r["cost"]
+        planted = {None: "–", True: "yes", False: "no"}[r["planted_recovered"]]
+        print(
+            f"| {r['case']}{'' if r['complete'] else ' (partial)'} | {r['groups']} "
+            f"({r['losing_groups']}) | {r['confirmed']}/{r['groups']} | "
+            f"{fmt(r['balanced_accuracy'])} | {fmt(r['regret_points'], '.1f')} | {planted} | "
+            f"{r['median_seed_spread_points']:.1f} | {fmt(c['ratio_brute_force'], '.3f')} / "
+            f"{fmt(c['ratio_hoa'], '.3f')} / {fmt(c['ratio_tag'], '.2f')} | "
+            f"{fmt(c.get('fast_ratio_brute_force'), '.3f')} |"
+        )
