@@ -214,7 +214,7 @@ def _job_from_args(args: argparse.Namespace) -> Any:
     from app.settings import get_settings
     from models.data import load_dataset
     from models.grouping import Thresholds
-    from models.options import DatasetSpec, JobSpec, TaskSpec, TrainingConfig
+    from models.options import TRAINING_KEYS, DatasetSpec, JobSpec, TaskSpec, TrainingConfig
     from models.registry import resolve_model
 
     settings = get_settings()
@@ -254,18 +254,7 @@ def _job_from_args(args: argparse.Namespace) -> Any:
             )
         )
     training: dict[str, Any] = {
-        k: getattr(args, k)
-        for k in (
-            "epochs",
-            "max_steps",
-            "step_fraction",
-            "lr",
-            "batch_size",
-            "max_length",
-            "probe_size",
-            "seed",
-        )
-        if getattr(args, k) is not None
+        k: getattr(args, k) for k in TRAINING_KEYS if getattr(args, k) is not None
     }
     if args.fast and "step_fraction" not in training:
         training["step_fraction"] = FAST_STEP_FRACTION

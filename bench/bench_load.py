@@ -55,7 +55,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
 import secrets
 import shutil
@@ -69,7 +68,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -79,7 +78,6 @@ from bench_service import (
     DEFAULT_ADMIN_URL,
     DEFAULT_BROKER_URL,
     Proc,
-    _version,
     base_env,
     cmdline,
     descendants,
@@ -92,7 +90,7 @@ from bench_service import (
     torch_mapped,
     wait_ready,
 )
-from machine import cpu_model
+from machine import machine_info, stop_on_sigterm
 
 from app.cli import _RUN_CLI, create_key_via_cli, example_path, free_port
 
@@ -807,22 +805,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.wrk} not found: apt-get install -y wrk")
     args.running, args.problems = [], {}
 
-    def terminate(signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, terminate)  # so that `finally` stops everything
-
-    machine = {
-        "cores": os.cpu_count(),
-        "cpu": cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "wrk": subprocess.run([args.wrk, "-v"], capture_output=True, text=True).stdout.split("\n")[
-            0
-        ],
-        "uvicorn": _version("uvicorn"),
-        "fastapi": _version("fastapi"),
-    }
+    stop_on_sigterm()
+    machine = machine_info("uvicorn", "fastapi")
+    wrk_version = subprocess.run([args.wrk, "-v"], capture_output=True, text=True).stdout
+    machine["wrk"] = wrk_version.split("\n")[0]
     loadavg_start = os.getloadavg()
     runs: list[dict[str, Any]] = []
     services: list[dict[str, Any]] = []

@@ -256,20 +256,7 @@ def run_case(case: Case, *, resume: bool) -> dict[str, Any]:
         "groups": previous["groups"] if previous else [],
     }
     done = {tuple(g["tasks"]) for g in result["groups"]}
-    table = grp.PairTable.from_pairs(
-        tasks,
-        [
-            grp.PairEvidence(
-                a=p["tasks"][0],
-                b=p["tasks"][1],
-                cka_min=p["cka_min"],
-                cka_min_layer=p["cka_min_layer"],
-                grad_cosine=p["grad_cosine"],
-                conflict_rate=p["conflict_rate"],
-            )
-            for p in rec["pairs"]
-        ],
-    )
+    table = grp.PairTable.from_pairs(tasks, map(grp.PairEvidence.from_report, rec["pairs"]))
     th = spec.analysis.thresholds
     todo = [g for g in groups_of(tasks, case.groups) if tuple(g) not in done]
     for k, group in enumerate(todo, 1):

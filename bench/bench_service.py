@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import secrets
 import signal
@@ -37,15 +36,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
-from machine import cpu_model
+from machine import machine_info, stop_on_sigterm
 
 from app.cli import _RUN_CLI, create_key_via_cli, example_path, free_port
 from app.db import make_engine, make_sessionmaker, normalise_url, upgrade
@@ -488,13 +485,6 @@ def auth_of(key: str) -> dict[str, str]:
 # report
 
 
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _fmt(value: Any, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -567,19 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=2.0, help="idle seconds before sampling")
     args = parser.parse_args(argv)
 
-    def terminate(signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, terminate)  # so that `finally` stops everything
-
-    machine = {
-        "cores": os.cpu_count(),
-        "cpu": cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": _version("torch"),
-        "celery": _version("celery"),
-    }
+    stop_on_sigterm()
+    machine = machine_info("torch", "celery")
     modes = ["embedded", "celery"] if args.mode == "both" else [args.mode]
     results: list[dict[str, Any]] = []
     failed = False

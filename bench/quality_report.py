@@ -55,20 +55,8 @@ def case_observations(case: dict[str, Any], *, fast: bool = False) -> list[Obser
 
 
 def table_of(case: dict[str, Any]) -> grp.PairTable:
-    return grp.PairTable.from_pairs(
-        case["tasks"],
-        [
-            grp.PairEvidence(
-                a=p["tasks"][0],
-                b=p["tasks"][1],
-                cka_min=p["cka_min"],
-                cka_min_layer=p["cka_min_layer"],
-                grad_cosine=p["grad_cosine"],
-                conflict_rate=p["conflict_rate"],
-            )
-            for p in case["recommendation"]["pairs"]
-        ],
-    )
+    pairs = case["recommendation"]["pairs"]
+    return grp.PairTable.from_pairs(case["tasks"], map(grp.PairEvidence.from_report, pairs))
 
 
 def group_f1(case: dict[str, Any]) -> dict[frozenset[str], dict[str, float]]:

@@ -68,10 +68,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import combinations
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
@@ -140,6 +140,18 @@ class PairEvidence:
         is left out because it is a threshold condition, not a measure of closeness.
         """
         return 0.5 * self.cka_min + 0.5 * self.grad_cosine
+
+    @classmethod
+    def from_report(cls, report: Mapping[str, Any]) -> PairEvidence:
+        """The evidence of a pair from its entry in a recommendation's ``pairs``."""
+        return cls(
+            a=report["tasks"][0],
+            b=report["tasks"][1],
+            cka_min=report["cka_min"],
+            cka_min_layer=report["cka_min_layer"],
+            grad_cosine=report["grad_cosine"],
+            conflict_rate=report["conflict_rate"],
+        )
 
     def passes(self, th: Thresholds) -> bool:
         """Whether the pair meets all three thresholds."""

@@ -51,6 +51,19 @@ class TrainingConfig:
             raise ValueError(f"training setting {bad[0]}={getattr(self, bad[0])!r} is out of range")
 
 
+TRAINING_KEYS = (
+    "epochs",
+    "max_steps",
+    "step_fraction",
+    "lr",
+    "batch_size",
+    "max_length",
+    "probe_size",
+    "seed",
+)
+"""The training settings a client sets (API, CLI) and a recommendation reports."""
+
+
 @dataclass(frozen=True)
 class AnalysisConfig:
     """How the evidence is gathered and judged (METHOD.md stages 2-5)."""

@@ -25,7 +25,7 @@ from models.data import TaskData, build_probe_set, build_task
 from models.device import resolve_device
 from models.finetune import SingleTaskResult, finetune_task
 from models.gradients import AlignmentResult, gradient_alignment
-from models.options import JobSpec
+from models.options import TRAINING_KEYS, JobSpec
 from models.registry import load_encoder, load_tokenizer
 from models.schema import Recommendation
 from models.similarity import cross_cka, layerwise_pairwise_cka
@@ -353,17 +353,7 @@ def decide(job: PreparedJob, pairs: list[dict[str, Any]]) -> dict[str, Any]:
     spec = job.spec
     names = list(job.tokenized)
     th = spec.analysis.thresholds
-    evidence = [
-        grp.PairEvidence(
-            a=p["tasks"][0],
-            b=p["tasks"][1],
-            cka_min=p["cka_min"],
-            cka_min_layer=p["cka_min_layer"],
-            grad_cosine=p["grad_cosine"],
-            conflict_rate=p["conflict_rate"],
-        )
-        for p in pairs
-    ]
+    evidence = [grp.PairEvidence.from_report(p) for p in pairs]
     table = grp.PairTable.from_pairs(names, evidence)
     result = grp.recommend_grouping(
         names,
@@ -502,19 +492,7 @@ def settings_report(job: PreparedJob, align: AlignmentResult) -> dict[str, Any]:
     a = spec.analysis
     return {
         "model": spec.model_name,
-        "training": {
-            k: getattr(spec.training, k)
-            for k in (
-                "epochs",
-                "max_steps",
-                "step_fraction",
-                "lr",
-                "batch_size",
-                "max_length",
-                "probe_size",
-                "seed",
-            )
-        },
+        "training": {k: getattr(spec.training, k) for k in TRAINING_KEYS},
         "thresholds": {
             "tau_rep": a.thresholds.tau_rep,
             "tau_grad": a.thresholds.tau_grad,

@@ -17,11 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.cli import create_key_via_cli, free_port
+from app.cli import _RUN_CLI, create_key_via_cli, free_port
 from models.schema import Recommendation
 from models.synth import SynthSpec, write
-
-RUN_CLI = "import sys; from app.cli import main; sys.exit(main())"
+from tests.serving import wait_until_ready
 
 
 @pytest.fixture
@@ -34,22 +33,13 @@ def served(tmp_path: Path, tiny_bert: Path) -> Iterator[tuple[httpx.Client, dict
     )
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-c", RUN_CLI, "serve", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-c", _RUN_CLI, "serve", "--port", str(port), "--log-level", "warning"],
         env=env,
         cwd=tmp_path,
     )
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, "taskgrouper serve exited"
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "taskgrouper serve never became ready"
-            time.sleep(0.3)
+        wait_until_ready(server, client, 60)
         key = create_key_via_cli("alice", env=env, cwd=tmp_path)
         yield client, {"Authorization": f"Bearer {key}"}, server.pid
         client.close()

@@ -11,13 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from app.cli import _RUN_CLI, create_key_via_cli, free_port
+from tests.serving import wait_until_ready
 
 BROKER_URL = os.environ.get("TASKGROUPER_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
 
@@ -77,16 +77,7 @@ def test_two_api_processes_serve_with_the_broker(tmp_path: Path) -> None:
     )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            deadline = time.monotonic() + 90
-            while True:
-                assert server.poll() is None, "taskgrouper serve exited"
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "taskgrouper serve never became ready"
-                time.sleep(0.3)
+            wait_until_ready(server, client, 90)
             workers = [c for c in _children(server.pid) if "spawn_main" in c]
             assert len(workers) == 2, _children(server.pid)
             key = create_key_via_cli("alice", env=env, cwd=tmp_path)

@@ -14,21 +14,10 @@ from app.settings import Settings
 from app.storage import ArtifactStore
 from app.tables import Job
 from models.data import DataError, read_table
-from models.options import DatasetSpec, JobSpec, TaskSpec, TrainingConfig
+from models.options import TRAINING_KEYS, DatasetSpec, JobSpec, TaskSpec, TrainingConfig
 from models.registry import resolve_model
 
 __all__ = ["build_job_spec"]
-
-_TRAINING_KEYS = (
-    "epochs",
-    "max_steps",
-    "step_fraction",
-    "lr",
-    "batch_size",
-    "max_length",
-    "probe_size",
-    "seed",
-)
 
 
 def _dataset_names(datasets: list[dict[str, Any]]) -> dict[str, str]:
@@ -78,7 +67,7 @@ def build_job_spec(job: Job, settings: Settings, store: ArtifactStore | None = N
     ]
     stored_training = request.get("training") or {}
     training = TrainingConfig(
-        **{k: stored_training[k] for k in _TRAINING_KEYS if k in stored_training}
+        **{k: stored_training[k] for k in TRAINING_KEYS if k in stored_training}
     )
     return JobSpec(
         datasets=datasets,
