@@ -25,6 +25,7 @@ from models.calibration import (
     observation,
     observations_from_recommendation,
 )
+from models.options import AnalysisConfig
 
 
 def _pair(a: str, b: str, cka: float, grad: float, conflict: float = 0.0) -> dict[str, object]:
@@ -185,11 +186,11 @@ def test_leave_one_dataset_out_scores_held_out_data() -> None:
         leave_one_dataset_out([o for o in obs if o.dataset == "d0"])
 
 
-def test_the_shipped_calibration_loads() -> None:
+def test_the_shipped_calibration_loads_and_is_the_default() -> None:
     cal = load_default()
-    if cal is None:
-        pytest.skip("no models/calibration.json shipped")
+    assert cal is not None, "models/calibration.json is missing"
     assert cal.n_groups > 0 and cal.source
+    assert AnalysisConfig().calibration == cal
     assert 0.0 < cal.p_match(dict(zip(FEATURES, [0.5, 0.8, 0.1, 0.1, 2.0], strict=True))) < 1.0
 
 

@@ -33,7 +33,7 @@ from models.grouping import (
     set_partitions,
 )
 
-TH = Thresholds()
+TH = Thresholds(tau_rep=0.6, tau_grad=0.1, rho=0.3)  # fixed: the tests do not follow the defaults
 ROOT = Path(__file__).resolve().parents[1]
 
 # (cka_min, cka_min_layer, grad_cosine, conflict_rate)
