@@ -160,6 +160,16 @@ def default_suite() -> list[Case]:
         )
     cases.append(
         Case(
+            name="synth-minilm-mid-t4",
+            dataset="synth-minilm-mid-t4",
+            load=synth_loader((2, 1, 1), NOISES["mid"], rows=400, classes=4, seed=21),
+            model="minilm-l6",
+            training=minilm_synth,
+            notes="the second task count on the pretrained encoder (11 groups)",
+        )
+    )
+    cases.append(
+        Case(
             name="birds-minilm",
             dataset="birds-minilm",
             load=birds_loader(800, BIRDS_TASKS),
