@@ -167,10 +167,14 @@ class PairEvidence:
 
 
 def _fmt_vs(value: float, threshold: float) -> tuple[str, str]:
-    """Two decimals, or more where two would print the value and the threshold alike."""
+    """Two decimals, or more where two would print the value and the threshold alike; the
+    threshold with as many as it needs to print exactly (0.175, not 0.17)."""
+    exact = 2
+    while exact < 6 and float(f"{threshold:.{exact}f}") != threshold:
+        exact += 1
     for digits in range(2, 7):
-        v, t = f"{value:.{digits}f}", f"{threshold:.{digits}f}"
-        if v != t or value == threshold:
+        v, t = f"{value:.{digits}f}", f"{threshold:.{max(digits, exact)}f}"
+        if f"{value:.{digits}f}" != f"{threshold:.{digits}f}" or value == threshold:
             return v, t
     return repr(value), repr(threshold)
 
