@@ -548,6 +548,30 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def wait_until_ready(server: Any, client: Any, timeout_s: float) -> None:
+    """Poll ``/readyz`` of a ``taskgrouper serve`` subprocess (a ``subprocess.Popen``) through
+    ``client`` (an ``httpx.Client``) until it answers 200.
+
+    Raises RuntimeError when the server exits first or ``timeout_s`` passes.
+    """
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError("the service exited")
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the service did not become ready")
+        time.sleep(0.3)
+
+
 def free_port() -> int:
     import socket
 
@@ -612,20 +636,11 @@ def cmd_demo_service(args: argparse.Namespace) -> int:
         )
         try:
             with httpx.Client(base_url=base, timeout=30) as client:
-                deadline = time.monotonic() + 120
-                while True:
-                    if server.poll() is not None:
-                        print("error: the service exited", file=sys.stderr)
-                        return 1
-                    try:
-                        if client.get("/readyz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    if time.monotonic() > deadline:
-                        print("error: the service did not become ready", file=sys.stderr)
-                        return 1
-                    time.sleep(0.5)
+                try:
+                    wait_until_ready(server, client, 120)
+                except RuntimeError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 1
                 key = create_key_via_cli("demo", env=env, cwd=Path(tmp))
                 auth = {"Authorization": f"Bearer {key}"}
                 up = client.post(

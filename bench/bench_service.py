@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 from machine import machine_info, stop_on_sigterm
 
-from app.cli import _RUN_CLI, create_key_via_cli, example_path, free_port
+from app.cli import _RUN_CLI, create_key_via_cli, example_path, free_port, wait_until_ready
 from app.db import make_engine, make_sessionmaker, normalise_url, upgrade
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -231,18 +231,10 @@ def flushed_redis(url: str) -> Iterator[str]:
 
 
 def wait_ready(client: httpx.Client, server: Proc, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if server.popen.poll() is not None:
-            raise RuntimeError(f"the service exited:\n{server.tail()}")
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the service did not become ready:\n{server.tail()}")
-        time.sleep(0.3)
+    try:
+        wait_until_ready(server.popen, client, timeout_s)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}:\n{server.tail()}") from None
 
 
 def wait_workers(workers: list[Proc], timeout_s: float) -> None:

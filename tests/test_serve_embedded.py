@@ -17,10 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.cli import _RUN_CLI, create_key_via_cli, free_port
+from app.cli import _RUN_CLI, create_key_via_cli, free_port, wait_until_ready
 from models.schema import Recommendation
 from models.synth import SynthSpec, write
-from tests.serving import wait_until_ready
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.cli import _RUN_CLI, create_key_via_cli, free_port
-from tests.serving import wait_until_ready
+from app.cli import _RUN_CLI, create_key_via_cli, free_port, wait_until_ready
 
 BROKER_URL = os.environ.get("TASKGROUPER_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
 
