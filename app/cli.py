@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from app.client import COMMANDS as CLIENT_COMMANDS
+from app.client import add_client_commands, run_client_command
+
 
 def _split_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -166,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ca.add_argument("--strength", type=float, default=1.0, help="inverse L2 penalty C")
     ca.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    add_client_commands(sub)
 
     sy = sub.add_parser("synth", help="write a synthetic dataset with planted task structure")
     sy.add_argument("--out", required=True, type=Path)
@@ -729,6 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_migrate(args)
         if args.command == "calibrate":
             return cmd_calibrate(args)
+        if args.command in CLIENT_COMMANDS:
+            return run_client_command(args)
     except (DataError, ModelError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

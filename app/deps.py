@@ -6,6 +6,12 @@
 * :data:`CurrentOwner` — the owner of the API key in ``Authorization: Bearer <key>``; a missing,
   malformed, unknown or revoked key is a 401 in the API's error shape. Live keys are cached
   for ``api_key_cache_ttl_s`` (:class:`app.caches.ApiKeyCache` in ``app.state.key_cache``).
+* :data:`ReaderOwner`, :data:`PageOwner` — for the report and the pages a browser opens, where
+  no header can be sent: the key may also come from the ``taskgrouper_key`` cookie that
+  ``POST /ui/login`` sets (a session cookie, HttpOnly, SameSite=Lax). Only routes that read
+  (GET) accept it, so a cookie can never make a state-changing API call. ``ReaderOwner``
+  answers 401 without a valid key; ``PageOwner`` is ``None`` then (the page shows the sign-in
+  form).
 * :data:`DatasetIdDep`, :data:`JobIdDep` — the ``{dataset_id}`` / ``{job_id}`` path parameter in
   canonical form; anything that is not a UUID is a 404 (it cannot name a row).
 * :data:`SettingsDep`, :data:`QueueDep`, :data:`StoreDep`, :data:`LimitsDep` — what
@@ -28,7 +34,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, Path, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -40,18 +46,22 @@ from app.settings import Settings
 from app.storage import ArtifactStore
 
 __all__ = [
+    "KEY_COOKIE",
     "LIMIT_DEFAULTS",
     "CurrentOwner",
     "DatasetIdDep",
     "JobIdDep",
     "Limits",
     "LimitsDep",
+    "PageOwner",
     "QueueDep",
+    "ReaderOwner",
     "SessionDep",
     "SettingsDep",
     "StoreDep",
     "current_owner",
     "get_session",
+    "owner_for_key",
 ]
 
 MIB = 1024 * 1024
@@ -124,6 +134,21 @@ def _lookup_owner(session: Session, key: str) -> str | None:
     return None if row is None else row.owner
 
 
+async def owner_for_key(request: Request, session: Session, key: str) -> str | None:
+    """The owner of a live API key (through the key cache), or ``None``."""
+    key = key.strip()
+    if not key:
+        return None
+    cache: ApiKeyCache | None = getattr(request.app.state, "key_cache", None)
+    digest = repository.hash_api_key(key)
+    owner = cache.get(digest) if cache is not None else None
+    if owner is None:
+        owner = await run_in_threadpool(_lookup_owner, session, key)
+        if owner is not None and cache is not None:
+            cache.put(digest, owner)
+    return owner
+
+
 async def current_owner(
     request: Request,
     session: SessionDep,
@@ -136,20 +161,55 @@ async def current_owner(
             "authentication required: send an API key as 'Authorization: Bearer <key>'",
             headers=_CHALLENGE,
         )
-    key = credentials.credentials.strip()
-    cache: ApiKeyCache | None = getattr(request.app.state, "key_cache", None)
-    digest = repository.hash_api_key(key)
-    owner = cache.get(digest) if cache is not None else None
+    owner = await owner_for_key(request, session, credentials.credentials)
     if owner is None:
-        owner = await run_in_threadpool(_lookup_owner, session, key)
-        if owner is None:
-            raise ApiError(401, "the API key is unknown or has been revoked", headers=_CHALLENGE)
-        if cache is not None:
-            cache.put(digest, owner)
+        raise ApiError(401, "the API key is unknown or has been revoked", headers=_CHALLENGE)
     return owner
 
 
 CurrentOwner = Annotated[str, Depends(current_owner)]
+
+KEY_COOKIE = "taskgrouper_key"
+"""The browser session's cookie: the API key entered on the sign-in page."""
+
+_cookie = APIKeyCookie(
+    name=KEY_COOKIE,
+    auto_error=False,
+    scheme_name="BrowserSession",
+    description="The API key entered once on the sign-in page (`/ui/login`), kept in a "
+    "session cookie. Accepted by the report, its downloads and the pages, never by a route "
+    "that changes anything.",
+)
+
+
+async def page_owner(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    cookie: Annotated[str | None, Depends(_cookie)],
+) -> str | None:
+    """The owner of the Bearer key or, without one, of the session cookie's key; else None."""
+    if credentials is not None:
+        return await owner_for_key(request, session, credentials.credentials)
+    if cookie:
+        return await owner_for_key(request, session, cookie)
+    return None
+
+
+async def reader_owner(owner: Annotated[str | None, Depends(page_owner)]) -> str:
+    """:func:`page_owner`, and 401 when there is none."""
+    if owner is None:
+        raise ApiError(
+            401,
+            "authentication required: send an API key as 'Authorization: Bearer <key>' or "
+            "sign in at /ui/login",
+            headers=_CHALLENGE,
+        )
+    return owner
+
+
+PageOwner = Annotated[str | None, Depends(page_owner)]
+ReaderOwner = Annotated[str, Depends(reader_owner)]
 
 
 async def _settings(request: Request) -> Settings:

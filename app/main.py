@@ -29,6 +29,7 @@ from app.caches import ApiKeyCache, RecommendationCache
 from app.db import database_url, make_engine, make_sessionmaker
 from app.deps import Limits
 from app.errors import error_response, install_error_handlers
+from app.pages import static_files
 from app.queue import CeleryQueue, JobQueue, NullQueue
 from app.routes import api_router
 from app.settings import Settings, get_settings
@@ -225,6 +226,7 @@ def create_app(
         upload_limit=limits.max_upload_bytes + MULTIPART_OVERHEAD,
     )
     app.include_router(api_router)
+    app.mount("/ui/static", static_files(), name="ui-static")
     return app
 
 

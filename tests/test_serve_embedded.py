@@ -5,11 +5,6 @@ No settings but a data directory and the model registry: SQLite and the local wo
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,38 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.cli import _RUN_CLI, create_key_via_cli, free_port, wait_until_ready
 from models.schema import Recommendation
 from models.synth import SynthSpec, write
+from tests.live_server import embedded_server
 
 
 @pytest.fixture
 def served(tmp_path: Path, tiny_bert: Path) -> Iterator[tuple[httpx.Client, dict[str, str], int]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKGROUPER_")}
-    env.update(
-        TASKGROUPER_DATA_DIR=str(tmp_path / "data"),
-        TASKGROUPER_MODELS=json.dumps({"tiny": str(tiny_bert)}),
-        OMP_NUM_THREADS="1",  # the tiny model runs faster on one thread
-    )
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-c", _RUN_CLI, "serve", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        cwd=tmp_path,
-    )
-    try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        wait_until_ready(server, client, 60)
-        key = create_key_via_cli("alice", env=env, cwd=tmp_path)
-        yield client, {"Authorization": f"Bearer {key}"}, server.pid
-        client.close()
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    with embedded_server(tmp_path, tiny_bert) as live:
+        yield live.client, live.auth, live.pid
 
 
 @pytest.mark.slow

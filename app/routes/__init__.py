@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.routes import datasets, health, jobs, recommendations
+from app.routes import datasets, health, jobs, recommendations, ui
 
 __all__ = ["api_router"]
 
@@ -13,3 +13,4 @@ api_router.include_router(datasets.router)
 api_router.include_router(jobs.router)
 api_router.include_router(recommendations.router)
 api_router.include_router(health.router)
+api_router.include_router(ui.router)

@@ -1,23 +1,33 @@
-"""``/recommendations/{job_id}``: the result of a job that has succeeded.
+"""``/recommendations/{job_id}``: the result of a job that has succeeded, and its report.
 
 The body is the engine's JSON (``models.schema.Recommendation``), validated on the way out.
 A recommendation never changes once its job has succeeded, so it is validated and rendered once
 per process and the bytes are kept (:class:`app.caches.RecommendationCache`); the job's status
 and owner are still read from the database on every request.
+
+``/report`` is the same recommendation as an HTML page (:mod:`app.report`, ``report.html``);
+``/heatmaps/{metric}.svg`` and ``/download`` are its downloads. These three also accept the
+browser session's cookie (:data:`app.deps.ReaderOwner`), so the page's links work in a browser.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy.orm import Session
 
 from app import repository
 from app.caches import RecommendationCache
-from app.deps import CurrentOwner, JobIdDep, SessionDep
+from app.deps import CurrentOwner, JobIdDep, PageOwner, ReaderOwner, SessionDep
 from app.errors import ApiError, error_responses
+from app.pages import SECURITY_HEADERS, login_location, message_page, render, report_links
+from app.report import heatmap_svg, report_view
 from app.tables import Job
 from models.schema import Recommendation
 
-__all__ = ["not_ready_message", "router"]
+__all__ = ["load_recommendation", "not_ready_message", "router"]
 
 router = APIRouter(prefix="/recommendations", tags=["recommendations"])
 
@@ -60,11 +70,19 @@ def not_ready_message(job: Job) -> str:
 def get_recommendation(
     job_id: JobIdDep, owner: CurrentOwner, session: SessionDep, request: Request
 ) -> Response:
+    return Response(rendered_recommendation(request, session, owner, job_id), media_type=JSON)
+
+
+JSON = "application/json"
+
+
+def rendered_recommendation(request: Request, session: Session, owner: str, job_id: str) -> bytes:
+    """The owner's recommendation as the API renders it; ApiError 404/409 when there is none."""
     cache: RecommendationCache = request.app.state.recommendations
     if repository.get_job_status(session=session, owner=owner, job_id=job_id) == "succeeded":
         rendered = cache.get(job_id)
         if rendered is not None:
-            return Response(rendered, media_type="application/json")
+            return rendered
     job = repository.get_job(session=session, owner=owner, job_id=job_id)
     if job is None:
         raise ApiError(404, f"no job with id {job_id!r}")
@@ -76,4 +94,118 @@ def get_recommendation(
     # As FastAPI renders a response_model (by alias), once.
     rendered = Recommendation.model_validate(stored.body).model_dump_json(by_alias=True).encode()
     cache.put(job_id, rendered)
-    return Response(rendered, media_type="application/json")
+    return rendered
+
+
+def load_recommendation(
+    request: Request, session: Session, owner: str, job_id: str
+) -> Recommendation:
+    """The owner's recommendation as a model; ApiError 404/409 when there is none."""
+    return Recommendation.model_validate_json(
+        rendered_recommendation(request, session, owner, job_id)
+    )
+
+
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+
+
+@router.get(
+    "/{job_id}/report",
+    name="get_report",
+    response_class=HTMLResponse,
+    summary="The recommendation as a report page (HTML)",
+    response_description="An HTML page (works offline: SVG charts made on the server).",
+    description="The verdict and grouping in one sentence; T x T heatmaps of min-layer CKA and "
+    "of gradient cosine (tasks ordered by group, group borders drawn); CKA over layers for "
+    "every pair with the limiting layer marked; the single-task metrics; the candidate task "
+    "sets scored; with `verify`, the measured multi-task versus single-task deltas beside the "
+    "prediction. Opened in a browser, the key may come from the sign-in page's session "
+    "cookie; without a valid key a browser (`Accept: text/html`) is sent to the sign-in page "
+    "(303), anything else gets a 401. A job that has not succeeded answers a page saying "
+    "where it stands (409).",
+    responses={
+        **error_responses(401),
+        200: {"content": _HTML},
+        303: {"description": "A browser without a valid key: to the sign-in page."},
+        404: {"description": "No such job (or another owner's).", "content": _HTML},
+        409: {"description": "The job has not succeeded (yet).", "content": _HTML},
+    },
+)
+def get_report(
+    job_id: JobIdDep, owner: PageOwner, session: SessionDep, request: Request
+) -> Response:
+    if owner is None:
+        if "text/html" in request.headers.get("accept", ""):
+            # A browser: to the sign-in page, and back here after it.
+            return RedirectResponse(login_location(request.url.path), status_code=303)
+        raise ApiError(
+            401,
+            "authentication required: send an API key as 'Authorization: Bearer <key>' or "
+            "sign in at /ui/login",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    try:
+        rec = load_recommendation(request, session, owner, job_id)
+    except ApiError as exc:
+        title = "No such job" if exc.status == 404 else "No report yet"
+        return message_page(
+            request, owner=owner, title=title, message=exc.message, status_code=exc.status
+        )
+    job = repository.get_job(session=session, owner=owner, job_id=job_id)
+    context = {"owner": owner, "job": job, "links": report_links(job_id), "v": report_view(rec)}
+    return render(request, "report.html", context)
+
+
+@router.get(
+    "/{job_id}/heatmaps/{metric}.svg",
+    name="get_heatmap",
+    summary="A heatmap of the report as an SVG file",
+    response_description="An SVG image (`image/svg+xml`), sent as a download.",
+    description="`metric` is `cka` (min-layer CKA) or `grad` (gradient cosine): the heatmap of "
+    "the report page, one cell per task pair, tasks ordered by group.",
+    responses={
+        **error_responses(401, 404, 409, 422),
+        200: {"content": {"image/svg+xml": {"schema": {"type": "string"}}}},
+    },
+)
+def get_heatmap(
+    job_id: JobIdDep,
+    metric: Annotated[
+        Literal["cka", "grad"],
+        Path(description="`cka` (min-layer CKA) or `grad` (gradient cosine)."),
+    ],
+    owner: ReaderOwner,
+    session: SessionDep,
+    request: Request,
+) -> Response:
+    rec = load_recommendation(request, session, owner, job_id)
+    body = '<?xml version="1.0" encoding="UTF-8"?>\n' + heatmap_svg(rec, metric, standalone=True)
+    return Response(
+        body,
+        media_type="image/svg+xml",
+        headers={
+            "Content-Disposition": f'attachment; filename="{job_id}-{metric}.svg"',
+            **SECURITY_HEADERS,
+        },
+    )
+
+
+@router.get(
+    "/{job_id}/download",
+    name="download_recommendation",
+    response_model=Recommendation,
+    summary="The recommendation as a JSON file",
+    response_description="The recommendation, as `GET /recommendations/{job_id}`, sent as a "
+    "download.",
+    description="The same body as `GET /recommendations/{job_id}`, with a "
+    "`Content-Disposition` that saves it as a file; also accepts the browser session's cookie.",
+    responses=error_responses(401, 404, 409, 422),
+)
+def download_recommendation(
+    job_id: JobIdDep, owner: ReaderOwner, session: SessionDep, request: Request
+) -> Response:
+    return Response(
+        rendered_recommendation(request, session, owner, job_id),
+        media_type=JSON,
+        headers={"Content-Disposition": f'attachment; filename="recommendation-{job_id}.json"'},
+    )

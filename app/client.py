@@ -1,0 +1,394 @@
+"""A client of the service's REST API, and the ``taskgrouper submit/show/cancel/report`` commands.
+
+:class:`ServiceClient` wraps the routes a user calls (upload, submit, follow, show, cancel,
+recommendation) over httpx; every error answer becomes a :class:`ServiceError` carrying the
+API's message (which names the field at fault). It imports no torch: it runs wherever Python
+and httpx do.
+
+The server and key come from ``--server`` / ``--key`` or the environment
+(``TASKGROUPER_SERVER``, default ``http://127.0.0.1:8000``; ``TASKGROUPER_KEY``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import webbrowser
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "COMMANDS",
+    "DEFAULT_SERVER",
+    "TERMINAL",
+    "ProgressBar",
+    "ServiceClient",
+    "ServiceError",
+    "add_client_commands",
+    "run_client_command",
+]
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class ServiceError(Exception):
+    """An error answer from the service (status and its message), or no answer at all."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ServiceClient:
+    """The REST API for one server and key."""
+
+    def __init__(
+        self,
+        server: str,
+        key: str | None,
+        *,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.server = server.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.server, headers=headers, timeout=timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> ServiceClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServiceError(None, f"cannot reach {self.server}: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:500] or response.reason_phrase
+            raise ServiceError(response.status_code, f"HTTP {response.status_code}: {message}")
+        return response
+
+    def upload(self, path: Path) -> dict[str, Any]:
+        """``POST /datasets``: the dataset, with its columns and label columns."""
+        with path.open("rb") as handle:
+            response = self._call("POST", "/datasets", files={"file": (path.name, handle)})
+        return dict(response.json())
+
+    def submit(self, body: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
+        """``POST /jobs``: the queued job."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return dict(self._call("POST", "/jobs", json=body, headers=headers).json())
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/jobs/{job_id}").json())
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/jobs/{job_id}/cancel").json())
+
+    def recommendation(self, job_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/recommendations/{job_id}").json())
+
+    def follow(
+        self,
+        job_id: str,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        poll_s: float = 1.0,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Poll the job until it is succeeded, failed or cancelled; the last state.
+
+        ``on_progress`` sees every state polled. A poll that cannot reach the server (a
+        restart) is tried again until ``timeout_s``; ``TimeoutError`` after that.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            try:
+                job = self.job(job_id)
+            except ServiceError as exc:
+                if exc.status is not None and exc.status not in (502, 503, 504):
+                    raise
+                job = None
+            if job is not None:
+                if on_progress is not None:
+                    on_progress(job)
+                if job["status"] in TERMINAL:
+                    return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} did not finish within {timeout_s:.0f} s")
+            time.sleep(poll_s)
+
+
+class ProgressBar:
+    """Stage and percent of a job: a redrawn bar on a terminal, a line per change elsewhere."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.last: tuple[str, str, int] | None = None
+
+    def __call__(self, job: dict[str, Any]) -> None:
+        pct = round(100 * float(job.get("progress") or 0.0))
+        stage = job.get("stage") or "-"
+        status = job["status"]
+        if self.tty:
+            filled = self.WIDTH * pct // 100
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            end = "\n" if status in TERMINAL else ""
+            self.stream.write(f"\r[{bar}] {pct:3d}% {status:<9} {stage:<14}{end}")
+            self.stream.flush()
+            return
+        # One line per stage or status change and per 5 percent, so logs stay short.
+        state = (status, stage, pct // 5)
+        if state != self.last:
+            print(f"[{pct:3d}%] {status:<9} {stage}", file=self.stream, flush=True)
+            self.last = state
+
+
+# --------------------------------------------------------------------------------------------
+# the commands
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _candidate(value: str) -> list[list[str]]:
+    return [_split(group) for group in value.split(";") if group.strip()]
+
+
+def _server_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("TASKGROUPER_SERVER", DEFAULT_SERVER),
+        help="the service's base URL (default: $TASKGROUPER_SERVER or %(default)s)",
+    )
+    parser.add_argument(
+        "--key",
+        default=os.environ.get("TASKGROUPER_KEY"),
+        help="your API key (default: $TASKGROUPER_KEY)",
+    )
+
+
+def add_client_commands(sub: Any) -> None:
+    """Add ``submit``, ``show``, ``cancel`` and ``report`` to the CLI's subcommands."""
+    su = sub.add_parser(
+        "submit",
+        help="upload a dataset to a server, submit a job, follow it and print the result",
+        description="Upload DATA, submit a job on its tasks, follow the job's progress (stage "
+        "and percent) and print the recommendation's summary when it has succeeded.",
+    )
+    su.add_argument("data", metavar="DATA", type=Path, help="a CSV, JSONL or Parquet file")
+    su.add_argument("--text-column", required=True)
+    su.add_argument("--tasks", required=True, type=_split, help="comma-separated label columns")
+    su.add_argument("--model", default="minilm-l6", help="a model name the server registers")
+    su.add_argument("--candidate", action="append", type=_candidate, default=[])
+    su.add_argument("--epochs", type=int, default=None)
+    su.add_argument("--max-steps", type=int, default=None)
+    su.add_argument("--step-fraction", type=float, default=None)
+    su.add_argument("--fast", action="store_true", help="fast mode: --step-fraction 0.25")
+    su.add_argument("--lr", type=float, default=None)
+    su.add_argument("--batch-size", type=int, default=None)
+    su.add_argument("--max-length", type=int, default=None)
+    su.add_argument("--probe-size", type=int, default=None)
+    su.add_argument("--seed", type=int, default=None)
+    su.add_argument("--verify", action="store_true")
+    su.add_argument("--max-groups", type=int, default=None)
+    su.add_argument("--idempotency-key", default=None, help="makes a retried submit safe")
+    su.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    su.add_argument("--out", type=Path, default=None, help="write the recommendation JSON here")
+    su.add_argument("--quiet", action="store_true", help="no progress bar")
+    _server_args(su)
+
+    sh = sub.add_parser("show", help="show a job and, once it has succeeded, its recommendation")
+    sh.add_argument("job_id", metavar="ID")
+    sh.add_argument(
+        "--json",
+        action="store_true",
+        help="print the JSON (the recommendation when there is one, else the job)",
+    )
+    sh.add_argument("--follow", action="store_true", help="follow the job until it finishes")
+    _server_args(sh)
+
+    ca = sub.add_parser("cancel", help="cancel a queued or running job")
+    ca.add_argument("job_id", metavar="ID")
+    _server_args(ca)
+
+    re = sub.add_parser(
+        "report",
+        help="write a job's report page as one HTML file (or open it)",
+        description="Fetch the recommendation and write its report as a self-contained HTML "
+        "file (styles inline, charts as SVG): it opens offline.",
+    )
+    re.add_argument("job_id", metavar="ID")
+    re.add_argument("--out", type=Path, default=None, help="default: report-<ID>.html")
+    re.add_argument("--open", action="store_true", help="open the file in a web browser")
+    _server_args(re)
+
+
+def _training(args: argparse.Namespace) -> dict[str, Any]:
+    training: dict[str, Any] = {}
+    for name in (
+        "epochs",
+        "max_steps",
+        "step_fraction",
+        "lr",
+        "batch_size",
+        "max_length",
+        "probe_size",
+        "seed",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            training[name] = value
+    if args.fast and "step_fraction" not in training:
+        training["step_fraction"] = 0.25
+    return training
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    pct = round(100 * float(job.get("progress") or 0.0))
+    tasks = ", ".join(t["name"] for t in job.get("tasks", []))
+    print(f"job {job['id']}: {job['status']}, stage {job.get('stage') or '-'}, {pct}%")
+    print(f"  model {job.get('model')}; tasks {tasks}")
+    if job.get("cancel_requested") and job["status"] not in TERMINAL:
+        print("  cancel requested")
+    if job.get("error"):
+        print(f"  error: {job['error']}")
+
+
+def cmd_submit(client: ServiceClient, args: argparse.Namespace) -> int:
+    if not args.data.is_file():
+        print(f"error: DATA: no such file: {args.data}", file=sys.stderr)
+        return EXIT_USAGE
+    dataset = client.upload(args.data)
+    print(f"uploaded {args.data.name}: dataset {dataset['id']}", file=sys.stderr)
+    body: dict[str, Any] = {
+        "dataset_id": dataset["id"],
+        "text_column": args.text_column,
+        "tasks": args.tasks,
+        "model": args.model,
+        "verify": bool(args.verify),
+    }
+    if training := _training(args):
+        body["training"] = training
+    if args.candidate:
+        body["candidate_task_sets"] = args.candidate
+    if args.max_groups is not None:
+        body["max_groups"] = args.max_groups
+    job = client.submit(body, idempotency_key=args.idempotency_key)
+    print(
+        f"job {job['id']} submitted: {len(args.tasks)} tasks, model {args.model}", file=sys.stderr
+    )
+    if args.no_wait:
+        print(job["id"])
+        return 0
+    return _finish(client, job["id"], args.quiet, args.out)
+
+
+def _finish(client: ServiceClient, job_id: str, quiet: bool, out: Path | None) -> int:
+    from models.summary import render
+
+    job = client.follow(job_id, None if quiet else ProgressBar())
+    if job["status"] != "succeeded":
+        reason = f": {job['error']}" if job.get("error") else ""
+        print(f"job {job_id} {job['status']}{reason}", file=sys.stderr)
+        return EXIT_FAILED
+    rec = client.recommendation(job_id)
+    print(render(rec))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rec, indent=2))
+        print(f"\nFull recommendation: {out}")
+    print(f"Report: {client.server}/recommendations/{job_id}/report")
+    return 0
+
+
+def cmd_show(client: ServiceClient, args: argparse.Namespace) -> int:
+    from models.summary import render
+
+    job = client.job(args.job_id)
+    if args.follow and job["status"] not in TERMINAL:
+        job = client.follow(args.job_id, ProgressBar())
+    rec = client.recommendation(args.job_id) if job["status"] == "succeeded" else None
+    if args.json:
+        print(json.dumps(rec if rec is not None else job, indent=2))
+        return 0
+    _print_job(job)
+    if rec is not None:
+        print()
+        print(render(rec))
+        print(f"\nReport: {client.server}/recommendations/{args.job_id}/report")
+    return 0 if job["status"] != "failed" else EXIT_FAILED
+
+
+def cmd_cancel(client: ServiceClient, args: argparse.Namespace) -> int:
+    job = client.cancel(args.job_id)
+    if job["status"] == "cancelled":
+        print(f"job {job['id']} cancelled")
+    elif job["status"] in TERMINAL:
+        print(f"job {job['id']} had already {job['status']}; nothing to cancel")
+    else:
+        print(f"job {job['id']}: cancel requested; it stops at its next step")
+    return 0
+
+
+def cmd_report(client: ServiceClient, args: argparse.Namespace) -> int:
+    from app.pages import standalone_report
+    from models.schema import Recommendation
+
+    rec = Recommendation.model_validate(client.recommendation(args.job_id))
+    job = client.job(args.job_id)
+    out = args.out if args.out is not None else Path(f"report-{args.job_id}.html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(standalone_report(rec, job, server=client.server), encoding="utf-8")
+    print(f"wrote {out}")
+    if args.open:
+        webbrowser.open(out.resolve().as_uri())
+    return 0
+
+
+COMMANDS: dict[str, Callable[[ServiceClient, argparse.Namespace], int]] = {
+    "submit": cmd_submit,
+    "show": cmd_show,
+    "cancel": cmd_cancel,
+    "report": cmd_report,
+}
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    """Run a client command; the service's errors are printed, not raised."""
+    if not args.key:
+        print("error: --key: no API key (pass --key or set TASKGROUPER_KEY)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with ServiceClient(args.server, args.key) as client:
+            return COMMANDS[args.command](client, args)
+    except ServiceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE if exc.status is not None and 400 <= exc.status < 500 else EXIT_FAILED
+    except TimeoutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,148 @@
+"""``/ui``: the pages a browser opens: sign in, the owner's jobs with live progress.
+
+Authentication follows the API's: the API key, entered once on ``/ui/login``, is kept in a
+session cookie (HttpOnly, SameSite=Lax, Secure over HTTPS) that the pages, the report and its
+downloads accept (:data:`app.deps.PageOwner`); no route that changes anything accepts it.
+These routes are for browsers and are left out of the OpenAPI document; the report
+(``/recommendations/{id}/report``) is in it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+
+from app import repository
+from app.deps import KEY_COOKIE, PageOwner, SessionDep, owner_for_key
+from app.errors import ApiError
+from app.pages import login_location, login_page, render, safe_next
+from app.tables import JOB_STATUSES, Job
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+MAX_STATE_IDS = 100
+
+
+def _row(job: Job) -> dict[str, Any]:
+    stored = job.request or {}
+    return {
+        "id": job.id,
+        "status": job.status,
+        "stage": job.stage,
+        "progress": float(job.progress or 0.0),
+        "cancel_requested": bool(job.cancel_requested),
+        "error": job.error,
+        "model": job.model,
+        "tasks": [t.get("name", "?") for t in stored.get("tasks", [])],
+        "created_at": job.created_at,
+    }
+
+
+@router.get("", name="ui_home")
+def ui_home() -> RedirectResponse:
+    return RedirectResponse("/ui/jobs", status_code=303)
+
+
+@router.get("/login", name="ui_login_form")
+def login_form(
+    request: Request, next: Annotated[str | None, Query(max_length=2000)] = None
+) -> Response:
+    return login_page(request, next_path=next or "/ui/jobs", status_code=200)
+
+
+@router.post("/login", name="ui_login")
+async def login(
+    request: Request,
+    session: SessionDep,
+    key: Annotated[str, Form(max_length=200)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/ui/jobs",
+) -> Response:
+    owner = await owner_for_key(request, session, key) if key.strip() else None
+    if owner is None:
+        message = "key: that API key is unknown or has been revoked"
+        if not key.strip():
+            message = "key: enter your API key"
+        return login_page(request, next_path=next, error=message, status_code=401)
+    response = RedirectResponse(safe_next(next), status_code=303)
+    response.set_cookie(
+        KEY_COOKIE,
+        key.strip(),
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.post("/logout", name="ui_logout")
+def logout() -> Response:
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(KEY_COOKIE, path="/")
+    return response
+
+
+@router.get("/jobs", name="ui_jobs")
+def jobs_page(
+    request: Request,
+    owner: PageOwner,
+    session: SessionDep,
+    status: Annotated[str | None, Query(max_length=20)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    if owner is None:
+        if request.cookies.get(KEY_COOKIE):
+            return login_page(request, error="key: the saved API key is no longer valid")
+        return RedirectResponse(login_location("/ui/jobs"), status_code=303)
+    if status not in (None, "", *JOB_STATUSES):
+        status = None
+    try:
+        rows, next_cursor = repository.list_jobs(
+            session=session, owner=owner, status=status or None, limit=20, cursor=cursor
+        )
+    except ValueError:
+        rows, next_cursor = repository.list_jobs(
+            session=session, owner=owner, status=status or None, limit=20
+        )
+    return render(
+        request,
+        "jobs.html",
+        {
+            "owner": owner,
+            "jobs": [_row(j) for j in rows],
+            "next_cursor": next_cursor,
+            "status": status or None,
+            "statuses": JOB_STATUSES,
+        },
+    )
+
+
+@router.get("/jobs/state", name="ui_jobs_state")
+def jobs_state(
+    owner: PageOwner,
+    session: SessionDep,
+    ids: Annotated[str, Query(max_length=MAX_STATE_IDS * 40)] = "",
+) -> JSONResponse:
+    """Status, stage and progress of the owner's jobs named in ``ids`` (comma-separated); ids
+    that are not the owner's jobs are left out. The jobs page polls this."""
+    if owner is None:
+        raise ApiError(401, "authentication required: sign in at /ui/login")
+    wanted: list[str] = []
+    for part in ids.split(","):
+        try:
+            wanted.append(str(uuid.UUID(part.strip())))
+        except ValueError:
+            continue
+    data = []
+    for job_id in wanted[:MAX_STATE_IDS]:
+        job = repository.get_job(session=session, owner=owner, job_id=job_id)
+        if job is not None:
+            row = _row(job)
+            row["created_at"] = row["created_at"].isoformat()
+            data.append(row)
+    return JSONResponse({"data": data}, headers={"Cache-Control": "no-store"})
