@@ -346,10 +346,9 @@ def cmd_show(client: ServiceClient, args: argparse.Namespace) -> int:
 
 def cmd_cancel(client: ServiceClient, args: argparse.Namespace) -> int:
     job = client.cancel(args.job_id)
+    # A job that has already finished is a 409 from the service (printed as an error).
     if job["status"] == "cancelled":
         print(f"job {job['id']} cancelled")
-    elif job["status"] in TERMINAL:
-        print(f"job {job['id']} had already {job['status']}; nothing to cancel")
     else:
         print(f"job {job['id']}: cancel requested; it stops at its next step")
     return 0

@@ -97,9 +97,7 @@ class Page:
         self.context = browser.new_context(viewport={"width": 1300, "height": 900})
         self.page = self.context.new_page()
         self.errors: list[str] = []
-        self.page.on(
-            "console", lambda m: self.errors.append(m.text) if m.type == "error" else None
-        )
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
 
     def sign_in(self, live: LiveServer, path: str) -> Any:

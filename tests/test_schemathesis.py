@@ -83,6 +83,9 @@ OPERATIONS = [
     ("GET", "/jobs"),
     ("GET", "/jobs/{job_id}"),
     ("GET", "/recommendations/{job_id}"),
+    ("GET", "/recommendations/{job_id}/report"),
+    ("GET", "/recommendations/{job_id}/heatmaps/{metric}.svg"),
+    ("GET", "/recommendations/{job_id}/download"),
     ("POST", "/jobs/{job_id}/cancel"),
     ("DELETE", "/datasets/{dataset_id}"),
 ]
@@ -208,7 +211,7 @@ def cases(operation: APIOperation, target: Target) -> st.SearchStrategy[Case]:
     for parameter in operation.path_parameters:
         parts.extend(
             operation.as_strategy(GenerationMode.POSITIVE, path_parameters={parameter.name: value})
-            for value in target.ids[parameter.name]
+            for value in target.ids.get(parameter.name, ())
         )
     if operation.label == "POST /jobs":
         parts.append(job_requests(operation, target))

@@ -12,7 +12,7 @@ browser session's cookie (:data:`app.deps.ReaderOwner`), so the page's links wor
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -109,6 +109,24 @@ def load_recommendation(
 _HTML = {"text/html": {"schema": {"type": "string"}}}
 
 
+def _report_responses() -> dict[int | str, dict[str, Any]]:
+    # Written out: with an HTML route, FastAPI would file a `model` under text/html.
+    error = {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+    responses: dict[int | str, dict[str, Any]] = {
+        200: {"content": _HTML},
+        303: {"description": "A browser without a valid key: to the sign-in page."},
+    }
+    for code, description in (
+        (401, "No valid API key (not a browser)."),
+        (404, "No such job (or another owner's); a page for a browser."),
+        (409, "The job has not succeeded (yet); a page for a browser."),
+        (422, "A field is invalid; `field` names it."),
+    ):
+        content = {"application/json": error, **(_HTML if code in (404, 409) else {})}
+        responses[code] = {"description": description, "content": content}
+    return responses
+
+
 @router.get(
     "/{job_id}/report",
     name="get_report",
@@ -119,24 +137,18 @@ _HTML = {"text/html": {"schema": {"type": "string"}}}
     "of gradient cosine (tasks ordered by group, group borders drawn); CKA over layers for "
     "every pair with the limiting layer marked; the single-task metrics; the candidate task "
     "sets scored; with `verify`, the measured multi-task versus single-task deltas beside the "
-    "prediction. Opened in a browser, the key may come from the sign-in page's session "
-    "cookie; without a valid key a browser (`Accept: text/html`) is sent to the sign-in page "
-    "(303), anything else gets a 401. A job that has not succeeded answers a page saying "
-    "where it stands (409).",
-    responses={
-        **error_responses(401),
-        200: {"content": _HTML},
-        303: {"description": "A browser without a valid key: to the sign-in page."},
-        404: {"description": "No such job (or another owner's).", "content": _HTML},
-        409: {"description": "The job has not succeeded (yet).", "content": _HTML},
-    },
+    "prediction. Opened in a browser (`Accept: text/html`), the key may come from the sign-in "
+    "page's session cookie; without a valid key the browser is sent to the sign-in page "
+    "(303), and a job that has no report yet is a page saying where it stands (404, 409). "
+    "Other clients get the API's JSON errors (401, 404, 409).",
+    responses=_report_responses(),
 )
 def get_report(
     job_id: JobIdDep, owner: PageOwner, session: SessionDep, request: Request
 ) -> Response:
+    browser = "text/html" in request.headers.get("accept", "")
     if owner is None:
-        if "text/html" in request.headers.get("accept", ""):
-            # A browser: to the sign-in page, and back here after it.
+        if browser:  # to the sign-in page, and back here after it
             return RedirectResponse(login_location(request.url.path), status_code=303)
         raise ApiError(
             401,
@@ -147,6 +159,8 @@ def get_report(
     try:
         rec = load_recommendation(request, session, owner, job_id)
     except ApiError as exc:
+        if not browser:
+            raise
         title = "No such job" if exc.status == 404 else "No report yet"
         return message_page(
             request, owner=owner, title=title, message=exc.message, status_code=exc.status
