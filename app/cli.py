@@ -612,10 +612,10 @@ def cmd_demo_service(args: argparse.Namespace) -> int:
     import os
     import subprocess
     import tempfile
-    import time
 
     import httpx
 
+    from app.client import ProgressBar, ServiceClient, ServiceError
     from models.summary import render
 
     data, planted = example_path()
@@ -640,20 +640,17 @@ def cmd_demo_service(args: argparse.Namespace) -> int:
             cwd=tmp,
         )
         try:
-            with httpx.Client(base_url=base, timeout=30) as client:
+            with httpx.Client(base_url=base, timeout=30) as probe:
                 try:
-                    wait_until_ready(server, client, 120)
+                    wait_until_ready(server, probe, 120)
                 except RuntimeError as exc:
                     print(f"error: {exc}", file=sys.stderr)
                     return 1
-                key = create_key_via_cli("demo", env=env, cwd=Path(tmp))
-                auth = {"Authorization": f"Bearer {key}"}
-                up = client.post(
-                    "/datasets", files={"file": (data.name, data.read_bytes())}, headers=auth
-                )
-                up.raise_for_status()
+            key = create_key_via_cli("demo", env=env, cwd=Path(tmp))
+            with ServiceClient(base, key) as client:
+                dataset = client.upload(data)
                 body = {
-                    "dataset_id": up.json()["id"],
+                    "dataset_id": dataset["id"],
                     "text_column": "text",
                     "tasks": [t for group in planted for t in group],
                     "model": args.model,
@@ -661,40 +658,27 @@ def cmd_demo_service(args: argparse.Namespace) -> int:
                     "candidate_task_sets": [planted],
                     "verify": bool(args.verify),
                 }
-                submitted = client.post("/jobs", json=body, headers=auth)
-                if submitted.status_code != 202:
-                    print(f"error: {submitted.json()['error']['message']}", file=sys.stderr)
+                try:
+                    job_id = client.submit(body)["id"]
+                except ServiceError as exc:
+                    print(f"error: {exc.message}", file=sys.stderr)
                     return 1
-                job_id = submitted.json()["id"]
                 print(
                     f"job {job_id} submitted: {len(body['tasks'])} tasks, model {args.model}",
                     file=sys.stderr,
                 )
-                shown: tuple[Any, int] = (None, -1)
-                while True:
-                    job = client.get(f"/jobs/{job_id}", headers=auth).json()
-                    pct = int(100 * job["progress"])
-                    line = (job["status"], job["stage"])
-                    if (line, pct // 5) != shown:
-                        stage = job["stage"] or "-"
-                        print(
-                            f"[{pct:3d}%] {job['status']:<9} {stage}", file=sys.stderr, flush=True
-                        )
-                        shown = (line, pct // 5)
-                    if job["status"] in ("succeeded", "failed", "cancelled"):
-                        break
-                    time.sleep(1.0)
+                job = client.follow(job_id, ProgressBar())
                 if job["status"] != "succeeded":
                     print(f"error: job {job['status']}: {job['error']}", file=sys.stderr)
                     return 1
-                rec = client.get(f"/recommendations/{job_id}", headers=auth).json()
+                rec = client.recommendation(job_id)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(rec, indent=2))
                 print(render(rec))
                 print(f"\nFull recommendation: {args.out}")
                 print(
-                    f"Served at {base}/recommendations/{job_id} (send 'Authorization: Bearer "
-                    f"{key}'); the API's documentation is at {base}/docs"
+                    f"Report: {base}/recommendations/{job_id}/report (sign in with the key "
+                    f"{key}); the API's documentation is at {base}/docs"
                 )
                 if args.keep_serving:
                     print("serving until Ctrl-C", file=sys.stderr)

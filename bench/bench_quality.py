@@ -371,9 +371,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.only:
         wanted = set(args.only.split(","))
         names = {c.name for c in cases}
-        # An exact name picks that case alone ("birds-minilm" is also a prefix of "birds-minilm-t3").
+        # An exact name picks that case alone ("birds-minilm" prefixes "birds-minilm-t3" too).
         prefixes = wanted - names
-        cases = [c for c in cases if c.name in wanted or any(c.name.startswith(w) for w in prefixes)]
+        cases = [
+            c for c in cases if c.name in wanted or any(c.name.startswith(w) for w in prefixes)
+        ]
     if args.threads:
         import torch
 

@@ -279,6 +279,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
         "machine": f"{os.cpu_count()} cores, {cpu_model()}",
         "families": {f: evaluate([c for c in cases if family(c) == f], f) for f in families},
         "pooled": evaluate(cases, "pooled"),
+        "unseen": shipped_on_unseen(cases),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -292,7 +293,85 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
     for name in [*families, "pooled"]:
         part = result["pooled"] if name == "pooled" else result["families"][name]
         print_tables(part)
+    print_unseen(result["unseen"])
     return 0
+
+
+def shipped_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shipped defaults (``grp.Thresholds()`` and ``models/calibration.json``) on the cases
+    of the shipped family whose dataset the shipped fit did not see: a test on new data."""
+    if not SHIP.is_file():
+        return {"error": "no shipped calibration"}
+    shipped = Calibration.load(SHIP)
+    seen = set(shipped.datasets)
+    t = grp.Thresholds()
+    rows = []
+    obs: list[Observation] = []
+    for case in cases:
+        if family(case) != SHIPPED_FAMILY or case["dataset"] in seen:
+            continue
+        for o in case_observations(case):
+            values = {
+                "cka_min": o.cka_min,
+                "cka_mean": o.cka_mean,
+                "grad_cosine": o.grad_cosine,
+                "conflict_rate": o.conflict_rate,
+                "n_tasks": float(o.n_tasks),
+            }
+            verdict = (
+                o.cka_min >= t.tau_rep
+                and o.grad_cosine >= t.tau_grad
+                and (o.conflict_rate <= t.rho)
+            )
+            p = shipped.p_match(values)
+            obs.append(o)
+            rows.append(
+                {
+                    "dataset": o.dataset,
+                    "tasks": list(o.tasks),
+                    "matches": o.matches,
+                    "verdict": verdict,
+                    "p_match": p,
+                }
+            )
+    if not rows:
+        return {"datasets": [], "groups": 0, "fitted_on": sorted(seen)}
+    y = [r["matches"] for r in rows]
+    p = [r["p_match"] for r in rows]
+    base = sum(y) / len(y)
+    return {
+        "fitted_on": sorted(seen),
+        "datasets": sorted({r["dataset"] for r in rows}),
+        "groups": len(rows),
+        "lose": len(rows) - sum(y),
+        "thresholds": dataclasses.asdict(t),
+        "balanced_accuracy_thresholds": balanced_accuracy(y, [r["verdict"] for r in rows]),
+        "balanced_accuracy_p_match": balanced_accuracy(y, [q >= 0.5 for q in p]),
+        "brier_p_match": float(np.mean([(q - v) ** 2 for q, v in zip(p, y, strict=True)])),
+        "brier_base_rate": float(np.mean([(base - v) ** 2 for v in y])),
+        "rows": rows,
+    }
+
+
+def print_unseen(part: dict[str, Any]) -> None:
+    print("\n== shipped defaults on datasets the shipped fit did not see")
+    if "error" in part or not part.get("groups"):
+        print(part.get("error", "none: every case's dataset was in the shipped fit"))
+        return
+    print(f"datasets: {', '.join(part['datasets'])}; {part['groups']} groups, {part['lose']} lose")
+    print(
+        f"balanced accuracy: thresholds {fmt(part['balanced_accuracy_thresholds'])}, "
+        f"p_match >= 0.5 {fmt(part['balanced_accuracy_p_match'])}; Brier "
+        f"{fmt(part['brier_p_match'], '.3f')} (base rate, in-sample: "
+        f"{fmt(part['brier_base_rate'], '.3f')})"
+    )
+    print(f"{'group':<44} {'measured':>9} {'verdict':>8} {'p_match':>8}")
+    for r in part["rows"]:
+        name = "+".join(r["tasks"])
+        print(
+            f"{name:<44} {'matches' if r['matches'] else 'loses':>9} "
+            f"{'match' if r['verdict'] else 'lose':>8} {r['p_match']:>8.2f}"
+        )
 
 
 def print_tables(part: dict[str, Any]) -> None:
