@@ -24,21 +24,32 @@ class LiveServer:
     key: str
     pid: int
     client: httpx.Client
+    root: Path
+    env: dict[str, str]
 
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
 
 
+def create_key(live: LiveServer, owner: str) -> str:
+    """Another owner's API key (``taskgrouper keys create``)."""
+    return create_key_via_cli(owner, env=live.env, cwd=live.root)
+
+
 @contextmanager
-def embedded_server(root: Path, model_dir: Path, owner: str = "alice") -> Iterator[LiveServer]:
-    """Serve in ``root`` until the block ends (SIGINT, then SIGKILL after 30 s)."""
+def embedded_server(
+    root: Path, model_dir: Path, owner: str = "alice", **settings: str
+) -> Iterator[LiveServer]:
+    """Serve in ``root`` until the block ends (SIGINT, then SIGKILL after 30 s). ``settings``
+    are more TASKGROUPER_ variables (``max_upload_bytes="1000"``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKGROUPER_")}
     env.update(
         TASKGROUPER_DATA_DIR=str(root / "data"),
         TASKGROUPER_MODELS=json.dumps({"tiny": str(model_dir)}),
         OMP_NUM_THREADS="1",  # the tiny model runs faster on one thread
     )
+    env.update({f"TASKGROUPER_{name.upper()}": value for name, value in settings.items()})
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-c", _RUN_CLI, "serve", "--port", str(port), "--log-level", "warning"],
@@ -50,7 +61,7 @@ def embedded_server(root: Path, model_dir: Path, owner: str = "alice") -> Iterat
         with httpx.Client(base_url=base, timeout=30) as client:
             wait_until_ready(server, client, 60)
             key = create_key_via_cli(owner, env=env, cwd=root)
-            yield LiveServer(base, key, server.pid, client)
+            yield LiveServer(base, key, server.pid, client, root, env)
     finally:
         server.send_signal(signal.SIGINT)
         try:
