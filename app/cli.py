@@ -676,10 +676,13 @@ def cmd_demo_service(args: argparse.Namespace) -> int:
                 args.out.write_text(json.dumps(rec, indent=2))
                 print(render(rec))
                 print(f"\nFull recommendation: {args.out}")
-                print(
-                    f"Report: {base}/recommendations/{job_id}/report (sign in with the key "
-                    f"{key}); the API's documentation is at {base}/docs"
-                )
+                if args.keep_serving:
+                    print(
+                        f"Report: {base}/recommendations/{job_id}/report (sign in with the key "
+                        f"{key}); the API's documentation is at {base}/docs"
+                    )
+                else:
+                    print("(--keep-serving keeps the service up to open the report page)")
                 if args.keep_serving:
                     print("serving until Ctrl-C", file=sys.stderr)
                     with contextlib.suppress(KeyboardInterrupt):

@@ -126,6 +126,12 @@ class Settings(BaseSettings):
         ge=10,
         description="A running job without a heartbeat for this long has lost its worker.",
     )
+    sweep_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds between two sweeps (celery beat: restart jobs whose worker or "
+        "queue message was lost).",
+    )
 
     @field_validator("models", mode="before")
     @classmethod

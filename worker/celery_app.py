@@ -13,7 +13,8 @@ so results are ignored (``task_ignore_result``) and no result backend is configu
   Redis documentation names, so a long fine-tune is never handed to a second worker while the
   first is still running it.
 * Routing: the job's tasks (they need the GPU) go to the ``gpu`` queue; the sweep to ``celery``.
-* Beat: ``taskgrouper.sweep`` every 60 s (``taskgrouper worker --beat`` embeds beat).
+* Beat: ``taskgrouper.sweep`` every ``sweep_interval_s`` (60 s; ``taskgrouper worker --beat``
+  embeds beat).
 
 Importing this module imports no torch; :mod:`worker.tasks` (imported by the worker at start,
 through ``include``) does.
@@ -31,7 +32,7 @@ __all__ = ["GPU_QUEUE", "SWEEP_INTERVAL_S", "celery_app", "celery_config", "make
 
 GPU_QUEUE = "gpu"
 DEFAULT_QUEUE = "celery"
-SWEEP_INTERVAL_S = 60.0
+SWEEP_INTERVAL_S = 60.0  # the default of the sweep_interval_s setting
 VISIBILITY_MARGIN_S = 3600
 
 
@@ -60,7 +61,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
         "beat_schedule": {
-            "taskgrouper-sweep": {"task": "taskgrouper.sweep", "schedule": SWEEP_INTERVAL_S}
+            "taskgrouper-sweep": {
+                "task": "taskgrouper.sweep",
+                "schedule": settings.sweep_interval_s,
+            }
         },
         "task_serializer": "json",
         "accept_content": ["json"],
