@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ __all__ = [
     "MIGRATIONS_DIR",
     "alembic_config",
     "check",
+    "database_unavailable",
     "database_url",
     "default_database_url",
     "downgrade",
@@ -60,6 +62,15 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 class _HasDataDir(Protocol):
     @property
     def data_dir(self) -> Path: ...
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached right now (down, restarting, the
+    connection lost, the pool exhausted) rather than that a statement was wrong: the answer is
+    to try again later (the API's 503, the worker's retry)."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)
 
 
 def default_database_url(data_dir: Path) -> str:

@@ -8,8 +8,9 @@ Every error body is::
 ``field`` is the request field at fault as a dotted path with list indices (``tasks[1].column``),
 or null; ``message`` always starts with that field when there is one. Routes raise
 :class:`ApiError`; FastAPI's request validation errors, Starlette's HTTP exceptions (404 for an
-unknown path, 405, ...), :class:`models.data.DataError` escaping a route and unexpected
-exceptions (500, without internals) are all turned into the same shape here.
+unknown path, 405, ...), :class:`models.data.DataError` escaping a route, a database that cannot
+be reached (503 with ``Retry-After``) and unexpected exceptions (500, without internals) are all
+turned into the same shape here.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError, ResponseValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.db import database_unavailable
 from app.schemas import TASK_UNION_TAGS, ErrorResponse
 from models.data import DataError
 
@@ -187,6 +190,21 @@ async def _response_validation(request: Request, exc: Exception) -> JSONResponse
     return error_response(500, "internal error: the stored result does not match its schema")
 
 
+RETRY_AFTER_S = 5
+
+
+async def _database(request: Request, exc: Exception) -> JSONResponse:
+    if not database_unavailable(exc):
+        return await _unexpected(request, exc)
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        503,
+        "the database is not reachable right now; try again shortly",
+        None,
+        {"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal error; the server log has the details")
@@ -199,6 +217,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(ResponseValidationError, _response_validation)
+    app.add_exception_handler(SQLAlchemyError, _database)
     app.add_exception_handler(Exception, _unexpected)
 
 

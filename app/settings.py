@@ -126,6 +126,19 @@ class Settings(BaseSettings):
         ge=10,
         description="A running job without a heartbeat for this long has lost its worker.",
     )
+    db_retry_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="How long a worker retries a database write (a finished fine-tune, a "
+        "result, a status) while the database is unreachable.",
+    )
+    requeue_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A job still queued after this long may have lost its queue message (a "
+        "broker restarted without persistence): the sweep sends it again (a duplicate message "
+        "is harmless).",
+    )
     sweep_interval_s: float = Field(
         default=60.0,
         gt=0,

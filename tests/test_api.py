@@ -288,7 +288,7 @@ def test_a_failed_commit_leaves_no_file(api: Api, monkeypatch: pytest.MonkeyPatc
     client = TestClient(api.app, raise_server_exceptions=False)
     files = {"file": ("tickets.csv", csv_bytes())}
     response = client.post("/datasets", files=files, headers=api.auth())
-    assert_error(response, 500, None, "internal error")
+    assert_error(response, 503, None, "database is not reachable")  # a lost connection
     assert stored_files(api) == []
 
 

@@ -3,6 +3,7 @@ database: a job to the end, idempotency, cancellation, failures, the sweep."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository
@@ -247,3 +249,48 @@ def test_a_stopping_worker_puts_its_job_back_without_counting_it(world: World) -
         run_job_locally(ctx, job_id)
     job = world.job(job_id)
     assert (job.status, job.attempts) == ("queued", 0)
+
+
+def test_a_step_rides_out_a_database_outage(world: World) -> None:
+    """The sessions fail as if the server were down for a while, then work: the step's writes
+    are retried and the job still succeeds, with every fine-tune stored once."""
+    job_id = submit_job(world.client, world.key)
+    failures = {"left": 0}
+
+    def flaky() -> Session:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise OperationalError("connect", {}, ConnectionRefusedError("server restarting"))
+        return world.maker()
+
+    ctx = dataclasses.replace(
+        world.ctx,
+        sessionmaker=flaky,
+        settings=world.settings.model_copy(update={"db_retry_s": 30.0}),
+    )
+    failures["left"] = 3
+    outcome = steps.start_job(ctx, job_id)
+    for task in outcome.finetune:
+        failures["left"] = 3
+        if steps.finetune(ctx, job_id, task):
+            failures["left"] = 3
+            steps.analyze(ctx, job_id)
+    assert world.job(job_id).status == "succeeded"
+    assert world.count(TaskResult, job_id) == len(TASKS)
+
+
+def test_an_outage_longer_than_the_retries_leaves_the_job_to_the_sweep(world: World) -> None:
+    job_id = submit_job(world.client, world.key)
+    outcome = steps.start_job(world.ctx, job_id)
+
+    def down() -> Session:
+        raise OperationalError("connect", {}, ConnectionRefusedError("server down"))
+
+    ctx = dataclasses.replace(
+        world.ctx,
+        sessionmaker=down,
+        settings=world.settings.model_copy(update={"db_retry_s": 0.0}),
+    )
+    assert steps.finetune(ctx, job_id, outcome.finetune[0]) is False
+    job = world.job(job_id)
+    assert job.status == "running" and job.error is None  # not failed: the sweep restarts it

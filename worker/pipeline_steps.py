@@ -18,17 +18,19 @@ module level.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy.orm import Session
 
 from app import repository
+from app.db import database_unavailable
 from app.settings import Settings
 from app.storage import ArtifactStore
 from app.tables import TERMINAL_STATUSES, Job, utcnow
@@ -52,11 +54,15 @@ __all__ = [
     "analyze",
     "failure_reason",
     "finetune",
+    "retrying",
     "start_job",
     "sweep",
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
 
 PREPARE_SHARE = 0.02
 """Share of the progress bar given to preparing (as in ``models.pipeline.run_job``)."""
@@ -184,9 +190,31 @@ class _ShareTracker(pipeline.Progress):
 # helpers
 
 
+def retrying(ctx: StepContext, what: str, transaction: Callable[[], T]) -> T:
+    """Run ``transaction`` (a whole unit of work: its own session, its own commit), again and
+    again while the database is unreachable, for up to ``db_retry_s`` seconds (backing off from
+    0.5 to 5 s); other errors, and the last unreachable one, propagate."""
+    deadline = time.monotonic() + ctx.settings.db_retry_s
+    delay = 0.5
+    while True:
+        try:
+            return transaction()
+        except Exception as exc:
+            if not database_unavailable(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning(
+                "database unreachable (%s); %s again in %.1f s", type(exc).__name__, what, delay
+            )
+            time.sleep(delay)
+            delay = min(5.0, delay * 2)
+
+
 def _load(ctx: StepContext, job_id: str) -> Job | None:
-    with ctx.sessionmaker() as session:
-        return repository.load_job(session=session, job_id=job_id)
+    def load() -> Job | None:
+        with ctx.sessionmaker() as session:
+            return repository.load_job(session=session, job_id=job_id)
+
+    return retrying(ctx, f"loading job {job_id}", load)
 
 
 def _task_names(job: Job) -> list[str]:
@@ -197,10 +225,41 @@ def _seed(job: Job) -> int:
     return int(((job.request or {}).get("training") or {}).get("seed", 0))
 
 
+def _outage_safe(default: Callable[[], R]) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """A step that meets a database outage outlasting its retries logs it and returns
+    ``default()``: the job is left as it is (running, silent), and the sweep restarts it once
+    the database is back. Other exceptions propagate."""
+
+    def wrap(step: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(step)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return step(*args, **kwargs)
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                log.error(
+                    "job %s: %s gave up, the database is unreachable (%s); the sweep will "
+                    "restart the job",
+                    args[1] if len(args) > 1 else kwargs.get("job_id"),
+                    getattr(step, "__name__", "a step"),
+                    type(exc).__name__,
+                )
+                return default()
+
+        return guarded
+
+    return wrap
+
+
 def _finish(ctx: StepContext, job_id: str, status: str, error: str | None = None) -> bool:
-    with ctx.sessionmaker() as session:
-        changed = repository.finish_job(session=session, job_id=job_id, status=status, error=error)
-        session.commit()
+    def finish() -> bool:
+        with ctx.sessionmaker() as session:
+            done = repository.finish_job(session=session, job_id=job_id, status=status, error=error)
+            session.commit()
+        return done
+
+    changed = retrying(ctx, f"finishing job {job_id}", finish)
     if changed:
         log.info("job %s %s%s", job_id, status, f": {error}" if error else "")
     return changed
@@ -216,6 +275,11 @@ def _handle_error(ctx: StepContext, job_id: str, exc: BaseException) -> None:
         raise exc
     if isinstance(exc, JobCancelled):
         _finish(ctx, job_id, "cancelled")
+        return
+    if database_unavailable(exc):
+        # Not the job's fault: it stays running, silent, and the sweep restarts it (keeping its
+        # finished fine-tunes) once the database is back.
+        log.error("job %s: the database stayed unreachable; the sweep will restart it", job_id)
         return
     log.error("job %s failed", job_id, exc_info=exc)
     _finish(ctx, job_id, "failed", failure_reason(exc))
@@ -287,18 +351,23 @@ def _done_tasks(session: Session, job_id: str, seed: int) -> set[str]:
 
 def _claim_if_complete(ctx: StepContext, job: Job) -> bool:
     """When every task has a result, claim the analysis; ``True`` for the one caller that wins."""
-    with ctx.sessionmaker() as session:
-        if not set(_task_names(job)) <= _done_tasks(session, job.id, _seed(job)):
-            return False
-        claimed = repository.claim_analysis(session=session, job_id=job.id)
-        session.commit()
-    return claimed
+
+    def claim() -> bool:
+        with ctx.sessionmaker() as session:
+            if not set(_task_names(job)) <= _done_tasks(session, job.id, _seed(job)):
+                return False
+            claimed = repository.claim_analysis(session=session, job_id=job.id)
+            session.commit()
+        return claimed
+
+    return retrying(ctx, f"claiming the analysis of job {job.id}", claim)
 
 
 # --------------------------------------------------------------------------------------------
 # the steps
 
 
+@_outage_safe(StartOutcome)
 def start_job(ctx: StepContext, job_id: str, *, now: datetime | None = None) -> StartOutcome:
     """Take a queued job (or restart one whose worker was lost): mark it running, check its
     datasets, and say which fine-tunes to run (or that the analysis can run).
@@ -310,28 +379,33 @@ def start_job(ctx: StepContext, job_id: str, *, now: datetime | None = None) -> 
     """
     now = now or utcnow()
     timeout = timedelta(seconds=ctx.settings.heartbeat_timeout_s)
-    with ctx.sessionmaker() as session:
-        job = repository.load_job(session=session, job_id=job_id)
-        if job is None or job.status in TERMINAL_STATUSES:
-            return StartOutcome()
-        if job.status == "running":
-            last = job.heartbeat_at or job.started_at or job.created_at
-            if now - last < timeout:
-                return StartOutcome()  # another delivery is running it
-            if job.attempts >= ctx.settings.max_attempts:
-                attempts = job.attempts
-                session.close()
-                _finish(ctx, job_id, "failed", f"worker lost {attempts} times")
-                return StartOutcome()
-        if not repository.mark_running(session=session, job_id=job_id, now=now):
+
+    def take() -> tuple[Job | None, str | None]:
+        """Mark the job running; the job (None: nothing to do) and what ends it instead."""
+        with ctx.sessionmaker() as session:
+            job = repository.load_job(session=session, job_id=job_id)
+            if job is None or job.status in TERMINAL_STATUSES:
+                return None, None
+            if job.status == "running":
+                last = job.heartbeat_at or job.started_at or job.created_at
+                if now - last < timeout:
+                    return None, None  # another delivery is running it
+                if job.attempts >= ctx.settings.max_attempts:
+                    return None, f"worker lost {job.attempts} times"
+            if not repository.mark_running(session=session, job_id=job_id, now=now):
+                session.commit()
+                return None, "cancelled" if job.cancel_requested else None
             session.commit()
-            if job.cancel_requested:
-                _finish(ctx, job_id, "cancelled")
-            return StartOutcome()
-        session.commit()
-        job = repository.load_job(session=session, job_id=job_id)
-        assert job is not None
-        stage = job.stage
+            return repository.load_job(session=session, job_id=job_id), None
+
+    job, ending = retrying(ctx, f"starting job {job_id}", take)
+    if ending == "cancelled":
+        _finish(ctx, job_id, "cancelled")
+    elif ending is not None:
+        _finish(ctx, job_id, "failed", ending)
+    if job is None:
+        return StartOutcome()
+    stage = job.stage
     try:
         spec = build_job_spec(job, ctx.settings, ctx.store)
         names = [t.name for t in spec.tasks]
@@ -357,6 +431,7 @@ def start_job(ctx: StepContext, job_id: str, *, now: datetime | None = None) -> 
         return StartOutcome()
 
 
+@_outage_safe(lambda: False)
 def finetune(ctx: StepContext, job_id: str, task: str, *, redelivered: bool = False) -> bool:
     """Fine-tune one task of a running job and store its result (skipped if stored already).
 
@@ -370,8 +445,12 @@ def finetune(ctx: StepContext, job_id: str, task: str, *, redelivered: bool = Fa
         _finish(ctx, job_id, "cancelled")
         return False
     seed = _seed(job)
-    with ctx.sessionmaker() as session:
-        done = _done_tasks(session, job_id, seed)
+
+    def stored() -> set[str]:
+        with ctx.sessionmaker() as session:
+            return _done_tasks(session, job_id, seed)
+
+    done = retrying(ctx, f"reading job {job_id}'s fine-tunes", stored)
     if task not in done:
         if redelivered and _lost_worker(ctx, job_id):
             return False
@@ -397,21 +476,25 @@ def finetune(ctx: StepContext, job_id: str, task: str, *, redelivered: bool = Fa
                 seeds=[seed],
             )
             result = prepared.stl[task][-1]
-            with ctx.sessionmaker() as session:
-                repository.save_task_result(
-                    session=session,
-                    job_id=job_id,
-                    task=task,
-                    seed=seed,
-                    macro_f1=result.macro_f1,
-                    accuracy=result.accuracy,
-                    steps=result.steps,
-                    seconds=result.seconds,
-                    metrics={"record": result.to_record(), "hostname": ctx.hostname},
-                    weights_path=result.weights_path,
-                    reps_path=result.reps_path,
-                )
-                session.commit()
+
+            def save() -> None:  # a finished fine-tune is worth waiting for the database
+                with ctx.sessionmaker() as session:
+                    repository.save_task_result(
+                        session=session,
+                        job_id=job_id,
+                        task=task,
+                        seed=seed,
+                        macro_f1=result.macro_f1,
+                        accuracy=result.accuracy,
+                        steps=result.steps,
+                        seconds=result.seconds,
+                        metrics={"record": result.to_record(), "hostname": ctx.hostname},
+                        weights_path=result.weights_path,
+                        reps_path=result.reps_path,
+                    )
+                    session.commit()
+
+            retrying(ctx, f"saving job {job_id}'s fine-tune of {task!r}", save)
             log.info("job %s: task %r fine-tuned on %s", job_id, task, ctx.hostname)
         except Exception as exc:
             _handle_error(ctx, job_id, exc)
@@ -438,6 +521,7 @@ def _pair_rows(rec: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+@_outage_safe(lambda: None)
 def analyze(ctx: StepContext, job_id: str, *, redelivered: bool = False) -> None:
     """Stages 2-5 on the stored fine-tunes; store pair metrics and the recommendation; succeed."""
     job = _load(ctx, job_id)
@@ -481,17 +565,26 @@ def analyze(ctx: StepContext, job_id: str, *, redelivered: bool = False) -> None
         timings = {"finetune": finetune_seconds, **analysis}
         timings["total"] = analysis.get("total", 0.0) + finetune_seconds
         rec["timings"] = timings
-        with ctx.sessionmaker() as session:
-            repository.save_pair_metrics(session=session, job_id=job_id, pairs=_pair_rows(rec))
-            repository.save_recommendation(session=session, job_id=job_id, body=rec)
-            repository.update_progress(
-                session=session, job_id=job_id, stage="grouping", progress=1.0, timings=timings
-            )
-            finished = repository.finish_job(session=session, job_id=job_id, status="succeeded")
-            if finished:
-                session.commit()
-            else:  # cancelled or failed meanwhile: keep it that way, store nothing
-                session.rollback()
+
+        def save() -> bool:  # all or nothing: no partial rows
+            with ctx.sessionmaker() as session:
+                repository.save_pair_metrics(session=session, job_id=job_id, pairs=_pair_rows(rec))
+                repository.save_recommendation(session=session, job_id=job_id, body=rec)
+                repository.update_progress(
+                    session=session,
+                    job_id=job_id,
+                    stage="grouping",
+                    progress=1.0,
+                    timings=timings,
+                )
+                done = repository.finish_job(session=session, job_id=job_id, status="succeeded")
+                if done:
+                    session.commit()
+                else:  # cancelled or failed meanwhile: keep it that way, store nothing
+                    session.rollback()
+            return done
+
+        finished = retrying(ctx, f"saving job {job_id}'s recommendation", save)
         _PREPARED.pop(job_id, None)
         log.info("job %s %s", job_id, "succeeded" if finished else "ended meanwhile")
     except Exception as exc:
@@ -503,8 +596,9 @@ def sweep(ctx: StepContext, *, now: datetime | None = None) -> SweepOutcome:
 
     * running jobs without a heartbeat for ``heartbeat_timeout_s``: restart (``start_job``)
       while ``attempts < max_attempts``, else fail with "worker lost N times";
-    * queued jobs older than a minute (and not re-sent within ``heartbeat_timeout_s``): send
-      ``start_job`` again (it is idempotent: a duplicate message finds the job running).
+    * queued jobs older than ``requeue_after_s`` (and not re-sent within
+      ``heartbeat_timeout_s``): send ``start_job`` again (it is idempotent: a duplicate message
+      finds the job running).
     """
     now = now or utcnow()
     out = SweepOutcome()
@@ -525,7 +619,7 @@ def sweep(ctx: StepContext, *, now: datetime | None = None) -> SweepOutcome:
             else:
                 out.restart.append(job.id)
         queued = repository.stale_queued_jobs(
-            session=session, older_than=now - timedelta(minutes=1)
+            session=session, older_than=now - timedelta(seconds=ctx.settings.requeue_after_s)
         )
         resend = now - timedelta(seconds=ctx.settings.heartbeat_timeout_s)
         for job in queued:
