@@ -210,6 +210,9 @@ def create_app(
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        # Operation ids are the route names (create_job, get_job, ...): stable for clients
+        # generated from the schema, and the targets of the OpenAPI links (app/links.py).
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.settings = settings
     app.state.queue = queue

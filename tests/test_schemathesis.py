@@ -302,3 +302,86 @@ def test_post_datasets_malformed_multipart_is_documented(target: Target) -> None
         body="-1137", media_type="multipart/form-data"
     )
     case.call_and_validate(headers=target.auth, checks=CHECKS)
+
+
+# --------------------------------------------------------------------------------------------
+# stateful: following the OpenAPI links
+
+
+def test_stateful_links_between_operations(target: Target) -> None:
+    """schemathesis's state machine follows the schema's links (app/links.py): POST /datasets
+    → POST /jobs on the new dataset → GET /jobs/{id}, cancel, GET /recommendations/{id} and
+    the report, with every response checked as above. Uploads are real table files (the
+    generated file parts have no name to read a format from); half the job requests are made
+    valid on the linked dataset, the others stay as generated."""
+    from urllib3.filepost import encode_multipart_formdata
+
+    files = [
+        ("tickets.csv", csv_bytes()),
+        ("tickets.jsonl", jsonl_bytes()),
+        ("tickets.parquet", parquet_bytes()),
+        ("broken.csv", b"text,a\n\xff\xfe,1\n"),
+    ]
+    seen: dict[str, list[int]] = {}
+    auth = target.auth
+
+    client = TestClient(target.app)
+
+    class Machine(target.schema.as_state_machine()):  # type: ignore[misc]
+        # Per scenario, so that the same draws make the same calls (hypothesis replays them).
+        def setup(self) -> None:
+            self.uploads = 0
+            self.jobs = 0
+            self.created: list[str] = []
+
+        def teardown(self) -> None:
+            # Cancel the scenario's jobs: the next scenario starts under the same quota.
+            for job_id in self.created:
+                client.post(f"/jobs/{job_id}/cancel", headers=auth)
+
+        def before_call(self, case: Case) -> None:
+            label = case.operation.label
+            if label == "POST /datasets":
+                name, data = files[self.uploads % len(files)]
+                self.uploads += 1
+                body, content_type = encode_multipart_formdata([("file", (name, data))])
+                case.body = body
+                case.headers = {**(case.headers or {}), "Content-Type": content_type}
+            elif label == "POST /jobs" and isinstance(case.body, dict):
+                self.jobs += 1
+                if self.jobs % 2 and "dataset_id" in case.body:
+                    case.body = {
+                        "dataset_id": case.body["dataset_id"],
+                        "text_column": "text",
+                        "tasks": ["sentiment", "topic"],
+                        "training": {"epochs": 1, "probe_size": 16},
+                    }
+
+        def get_call_kwargs(self, case: Case) -> dict[str, Any]:
+            return {"headers": auth}
+
+        def after_call(self, response: Any, case: Case) -> None:
+            seen.setdefault(case.operation.label, []).append(response.status_code)
+            if case.operation.label == "POST /jobs" and response.status_code == 202:
+                self.created.append(response.json()["id"])
+
+        def validate_response(
+            self, response: Any, case: Case, additional_checks: Any = None, **kwargs: Any
+        ) -> None:
+            case.validate_response(response, checks=CHECKS, headers=auth)
+
+    Machine.run(
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=6,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    # The links were followed: jobs were made on uploaded datasets and then looked at.
+    assert 201 in seen.get("POST /datasets", []), seen
+    assert 202 in seen.get("POST /jobs", []), seen
+    assert 200 in seen.get("GET /jobs/{job_id}", []), seen
+    assert seen.get("GET /recommendations/{job_id}"), seen

@@ -18,6 +18,7 @@ from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from app import repository
 from app.deps import CurrentOwner, DatasetIdDep, LimitsDep, SessionDep, StoreDep
 from app.errors import ApiError, error_responses
+from app.links import DATASET_LINKS
 from app.schemas import DatasetPublic, DatasetsPublic
 from app.storage import StorageError
 from app.tables import Dataset
@@ -89,15 +90,18 @@ def _check_has_text_column(frame: pd.DataFrame, name: str) -> None:
     "`.ndjson` (one JSON object per line) or `.parquet`. The table must have a text column "
     "(a non-empty string on every row). The answer lists the columns and, for each candidate "
     "label column, its classes and counts. Limits: max_upload_bytes, max_rows_per_dataset.",
-    responses=error_responses(
-        400,
-        401,
-        413,
-        415,
-        422,
-        e400="The body is not a well-formed multipart document.",
-        e422="The file cannot be read as a table.",
-    ),
+    responses={
+        201: {"links": DATASET_LINKS},
+        **error_responses(
+            400,
+            401,
+            413,
+            415,
+            422,
+            e400="The body is not a well-formed multipart document.",
+            e422="The file cannot be read as a table.",
+        ),
+    },
 )
 def upload_dataset(
     owner: CurrentOwner,

@@ -29,6 +29,7 @@ from app.deps import (
     StoreDep,
 )
 from app.errors import ApiError, error_responses
+from app.links import JOB_LINKS
 from app.schemas import JobCreate, JobLinks, JobPublic, JobsPublic, JobStatus, ResolvedTask
 from app.settings import Settings
 from app.storage import ArtifactStore, StorageError
@@ -310,7 +311,12 @@ def _replay(job: Job, digest: str, key: str, request: Request, response: Respons
     "the same request returns the same job (200) instead of creating another; the same key "
     "with a different request is a 409.",
     responses={
-        200: {"model": JobPublic, "description": "A retry with the same Idempotency-Key."},
+        202: {"links": JOB_LINKS},
+        200: {
+            "model": JobPublic,
+            "description": "A retry with the same Idempotency-Key.",
+            "links": JOB_LINKS,
+        },
         **error_responses(
             400,
             401,
@@ -440,7 +446,7 @@ def list_jobs(
     response_description="The job.",
     description="Where the job stands: status, stage, progress (0..1), timings per stage, "
     "error, attempts, and when it was created, started and finished.",
-    responses=error_responses(401, 404, 422),
+    responses={200: {"links": JOB_LINKS}, **error_responses(401, 404, 422)},
 )
 def get_job(
     job_id: JobIdDep, owner: CurrentOwner, session: SessionDep, request: Request
