@@ -24,6 +24,10 @@ gradient-cosine curves whose planted pairs pass, and the groups, verdict and can
 by the engine's own ``models.pipeline.decide``; it is validated against
 ``models.schema.Recommendation`` before it is stored.
 
+``mix`` loads the three at once, as users do: one request in ten submits a job, the others poll
+the job that connection's thread submitted last (GET /jobs/{id}) or, every fourth, the seeded
+recommendation; one latency distribution over all of them.
+
 Load: `wrk <https://github.com/wg/wrk>`_ (Debian's ``wrk``; ``apt-get install -y wrk``), one
 thread (``--wrk-threads``), ``--connections`` keep-alive connections, closed loop (each
 connection sends its next request when the answer to the previous one has arrived) for
@@ -98,7 +102,12 @@ ROUTES = {
     "rec": ("GET", "/recommendations/{id}"),
     "job": ("GET", "/jobs/{id}"),
     "post": ("POST", "/jobs"),
+    "mix": ("MIX", "/jobs"),
 }
+MIX_POST_EVERY = 10
+"""In the ``mix`` route, one request in this many submits a job (POST /jobs); the others poll:
+GET /jobs/{id} of the job this thread submitted last (the seeded one before its first), and
+every fourth poll GET /recommendations/{id} of the seeded job."""
 LAYERS = 7  # MiniLM-L6: the embeddings and 6 transformer layers
 ACTIVE_JOBS_LIMIT = 10**9
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -370,6 +379,33 @@ function request()
   return wrk.format(method, path, wrk.headers, body)
 end
 
+local mix, seed_job, post_every = %(mix)s, %(seed_job)s, %(post_every)s
+local last_job, posting = nil, false
+if mix then
+  request = function()
+    counter = counter + 1
+    if counter %% post_every == 1 then
+      posting = true
+      wrk.headers["Idempotency-Key"] = string.format("%%s-%%d-%%d", run_id, tid, counter)
+      wrk.headers["Content-Type"] = "application/json"
+      return wrk.format("POST", "/jobs", wrk.headers, body)
+    end
+    posting = false
+    wrk.headers["Idempotency-Key"] = nil
+    wrk.headers["Content-Type"] = nil
+    if counter %% 4 == 0 then
+      return wrk.format("GET", "/recommendations/" .. seed_job, wrk.headers, nil)
+    end
+    return wrk.format("GET", "/jobs/" .. (last_job or seed_job), wrk.headers, nil)
+  end
+  response = function(status, headers, response_body)
+    if status == 202 then
+      local id = string.match(response_body, '"id":"([^"]+)"')
+      if id then last_job = id end
+    end
+  end
+end
+
 function done(summary, latency, requests)
   local e = summary.errors
   local f = io.open(out_path, "w")
@@ -402,6 +438,7 @@ def run_wrk(
     seconds: float,
     args: argparse.Namespace,
     workdir: Path,
+    seed_job: str | None = None,
 ) -> dict[str, Any]:
     """One wrk run; its summary (requests, errors, latency in us) and wrk's CPU seconds."""
     out = workdir / f"wrk-{secrets.token_hex(4)}.json"
@@ -416,6 +453,9 @@ def run_wrk(
             "out": _lua_str(str(out)),
             "run_id": _lua_str(secrets.token_hex(6)),
             "auth": _lua_str(f"Bearer {key}"),
+            "mix": "true" if method == "MIX" else "false",
+            "seed_job": _lua_str(seed_job),
+            "post_every": str(MIX_POST_EVERY),
         }
     )
     argv = [wrk, f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{seconds:g}s"]
@@ -579,7 +619,7 @@ def load_route(svc: Service, route: str, args: argparse.Namespace, workdir: Path
     """Warm up, then load one route of ``svc`` for ``--duration`` s; the figures of the run."""
     method, template = ROUTES[route]
     path = template.format(id=svc.job_id)
-    body = svc.post_body if method == "POST" else None
+    body = svc.post_body if method in ("POST", "MIX") else None
     common = {
         "method": method,
         "path": path,
@@ -588,12 +628,13 @@ def load_route(svc: Service, route: str, args: argparse.Namespace, workdir: Path
         "unique_key": method == "POST",
         "args": args,
         "workdir": workdir,
+        "seed_job": svc.job_id,
     }
     drained = drain(svc.server.pid)
     if args.warmup > 0:
         run_wrk(args.wrk, svc.base, seconds=args.warmup, **common)
         drained += drain(svc.server.pid)
-    jobs_before = count_jobs(svc.db_url) if method == "POST" else None
+    jobs_before = count_jobs(svc.db_url) if method in ("POST", "MIX") else None
     load_before = os.getloadavg()
     cpu_before = tree_cpu_s(svc.server.pid)
     db_before = postgres_cpu_s(svc.db_url)
@@ -757,7 +798,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="unrecorded seconds first")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument(
-        "--routes", default="rec,job,post", help="comma-separated: rec, job, post (in this order)"
+        "--routes",
+        default="rec,job,post",
+        help="comma-separated: rec, job, post, mix (submissions and polling mixed)",
     )
     parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
     parser.add_argument("--wrk-threads", type=int, default=1)
@@ -795,12 +838,12 @@ def main(argv: list[str] | None = None) -> int:
     routes = [r for r in args.routes.split(",") if r]
     if unknown := [r for r in routes if r not in ROUTES]:
         parser.error(f"unknown route(s): {', '.join(unknown)}")
-    if args.queue == "local" and "post" in routes:
+    if args.queue == "local" and {"post", "mix"} & set(routes):
         print(
             "--queue local: POST /jobs is not measured (the local worker would train every job)",
             file=sys.stderr,
         )
-        routes.remove("post")
+        routes = [r for r in routes if r not in ("post", "mix")]
     if not shutil.which(args.wrk):
         parser.error(f"{args.wrk} not found: apt-get install -y wrk")
     args.running, args.problems = [], {}
