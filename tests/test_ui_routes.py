@@ -188,3 +188,21 @@ def test_the_jobs_state_route_follows_progress(api: Api) -> None:
     assert f'data-id="{job["id"]}"' not in other.text and "No jobs that are failed" in other.text
     api.client.cookies.clear()
     assert api.client.get("/ui/jobs/state", params={"ids": job["id"]}).status_code == 401
+
+
+def test_the_jobs_page_pages(api: Api) -> None:
+    from tests.test_api_jobs import make_job
+
+    api.dataset()
+    ids = [make_job(api).id for _ in range(23)]
+    sign_in(api)
+    first = api.client.get("/ui/jobs")
+    assert first.status_code == 200
+    shown = [i for i in ids if f'data-id="{i}"' in first.text]
+    assert len(shown) == 20 and "Older jobs" in first.text
+    older = first.text.split("Older jobs")[0].rsplit('href="', 1)[1].split('"')[0]
+    second = api.client.get(older.replace("&amp;", "&"))
+    rest = [i for i in ids if f'data-id="{i}"' in second.text]
+    assert sorted(shown + rest) == sorted(ids) and "Older jobs" not in second.text
+    # A cursor that is not one shows the first page rather than an error.
+    assert api.client.get("/ui/jobs", params={"cursor": "!!"}).status_code == 200
