@@ -20,6 +20,7 @@ import webbrowser
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -47,6 +48,11 @@ class ServiceError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def _id(job_id: str) -> str:
+    """An id as one path segment, whatever the user typed."""
+    return quote(job_id.strip(), safe="")
 
 
 class ServiceClient:
@@ -100,13 +106,13 @@ class ServiceClient:
         return dict(self._call("POST", "/jobs", json=body, headers=headers).json())
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/jobs/{job_id}").json())
+        return dict(self._call("GET", f"/jobs/{_id(job_id)}").json())
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return dict(self._call("POST", f"/jobs/{job_id}/cancel").json())
+        return dict(self._call("POST", f"/jobs/{_id(job_id)}/cancel").json())
 
     def recommendation(self, job_id: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/recommendations/{job_id}").json())
+        return dict(self._call("GET", f"/recommendations/{_id(job_id)}").json())
 
     def follow(
         self,
@@ -115,18 +121,25 @@ class ServiceClient:
         *,
         poll_s: float = 1.0,
         timeout_s: float | None = None,
+        unreachable_s: float = 300.0,
     ) -> dict[str, Any]:
         """Poll the job until it is succeeded, failed or cancelled; the last state.
 
-        ``on_progress`` sees every state polled. A poll that cannot reach the server (a
-        restart) is tried again until ``timeout_s``; ``TimeoutError`` after that.
+        ``on_progress`` sees every state polled. A poll that cannot reach the server, or gets a
+        502/503/504 (a restart, a database outage), is tried again; after ``unreachable_s`` of
+        nothing but such failures the last one is raised. ``TimeoutError`` after ``timeout_s``.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        failing_since: float | None = None
         while True:
             try:
                 job = self.job(job_id)
+                failing_since = None
             except ServiceError as exc:
                 if exc.status is not None and exc.status not in (502, 503, 504):
+                    raise
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > unreachable_s:
                     raise
                 job = None
             if job is not None:

@@ -19,6 +19,7 @@ The schema is owned by Alembic (``migrations/`` beside this package); :func:`upg
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -64,13 +65,29 @@ class _HasDataDir(Protocol):
     def data_dir(self) -> Path: ...
 
 
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
+"""PostgreSQL error classes of a server that cannot serve now: connection exceptions,
+insufficient resources, operator intervention (shutting down, starting up)."""
+
+
 def database_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the database cannot be reached right now (down, restarting, the
-    connection lost, the pool exhausted) rather than that a statement was wrong: the answer is
-    to try again later (the API's 503, the worker's retry)."""
+    connection lost, the pool exhausted, SQLite locked) rather than that a statement or the
+    schema is wrong: the answer is to try again later (the API's 503, the worker's retry)."""
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
-    return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)
+    if isinstance(exc, sa_exc.InterfaceError | sa_exc.TimeoutError):
+        return True
+    if not isinstance(exc, sa_exc.OperationalError):
+        return False
+    orig = exc.orig
+    if isinstance(orig, sqlite3.Error):
+        message = str(orig).lower()
+        return "locked" in message or "unable to open" in message or "disk i/o" in message
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is None:  # raised by the client: could not connect, connection closed
+        return True
+    return str(sqlstate).startswith(_UNAVAILABLE_SQLSTATES)
 
 
 def default_database_url(data_dir: Path) -> str:

@@ -10,8 +10,8 @@
   no header can be sent: the key may also come from the ``taskgrouper_key`` cookie that
   ``POST /ui/login`` sets (a session cookie, HttpOnly, SameSite=Lax). Only routes that read
   (GET) accept it, so a cookie can never make a state-changing API call. ``ReaderOwner``
-  answers 401 without a valid key; ``PageOwner`` is ``None`` then (the page shows the sign-in
-  form).
+  answers 401 without a valid key; ``PageOwner`` is ``None`` then (a page sends the browser to
+  the sign-in form).
 * :data:`DatasetIdDep`, :data:`JobIdDep` — the ``{dataset_id}`` / ``{job_id}`` path parameter in
   canonical form; anything that is not a UUID is a 404 (it cannot name a row).
 * :data:`SettingsDep`, :data:`QueueDep`, :data:`StoreDep`, :data:`LimitsDep` — what

@@ -1,6 +1,10 @@
 """OpenAPI links between the operations (a client, or schemathesis's stateful tests, can follow
 them): a dataset leads to a job on it, a job to its state, its cancel, its recommendation and
-report. Operation ids are the route names (``create_app`` sets them)."""
+report. Operation ids are the route names (``create_app`` sets them).
+
+``CreateJob``'s ``requestBody`` is a partial body whose values are runtime expressions: a client
+(and schemathesis, which merges it into the body it generates) fills in ``dataset_id`` and adds
+the fields it chooses (``text_column``, ``tasks``, ...)."""
 
 from __future__ import annotations
 

@@ -85,12 +85,15 @@ def login_page(
     if next_path is None:
         query = f"?{request.url.query}" if request.url.query else ""
         next_path = request.url.path + query
-    return render(
+    response = render(
         request,
         "login.html",
         {"next": safe_next(next_path), "error": error},
         status_code=status_code,
     )
+    if status_code == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
 
 
 def message_page(

@@ -10,8 +10,8 @@ the SVG downloads and the client's offline ``report`` command draw the same pict
 * :func:`verdict_sentence` — the verdict and grouping in one sentence;
 * :func:`report_view` — everything ``templates/report.html`` shows.
 
-Every string that came from a user (task names, class labels) is escaped here, since the SVG is
-placed in the page as markup.
+Every string that came from a user (task names, their pairs' failure reasons) is escaped here,
+since the SVG is placed in the page as markup.
 """
 
 from __future__ import annotations

@@ -206,3 +206,28 @@ def test_the_jobs_page_pages(api: Api) -> None:
     assert sorted(shown + rest) == sorted(ids) and "Older jobs" not in second.text
     # A cursor that is not one shows the first page rather than an error.
     assert api.client.get("/ui/jobs", params={"cursor": "!!"}).status_code == 200
+
+
+def test_sign_in_and_out_from_another_site_are_refused(api: Api) -> None:
+    key = api.keys["alice"]
+    for headers in (
+        {"Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "null"},
+    ):
+        response = api.client.post(
+            "/ui/login", data={"key": key}, headers=headers, follow_redirects=False
+        )
+        assert response.status_code == 403, headers
+        assert "set-cookie" not in response.headers
+    same = api.client.post(
+        "/ui/login",
+        data={"key": key},
+        headers={"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},
+        follow_redirects=False,
+    )
+    assert same.status_code == 303 and KEY_COOKIE in same.headers["set-cookie"]
+    out = api.client.post(
+        "/ui/logout", headers={"Sec-Fetch-Site": "cross-site"}, follow_redirects=False
+    )
+    assert out.status_code == 303 and "set-cookie" not in out.headers  # still signed in

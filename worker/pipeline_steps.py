@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -209,6 +209,15 @@ def retrying(ctx: StepContext, what: str, transaction: Callable[[], T]) -> T:
             delay = min(5.0, delay * 2)
 
 
+def _same_instant(stored: datetime | None, moment: datetime) -> bool:
+    """Whether a stored timestamp is ``moment`` (to the millisecond; naive = UTC)."""
+    if stored is None:
+        return False
+    if stored.tzinfo is None:
+        stored = stored.replace(tzinfo=UTC)
+    return abs((stored - moment).total_seconds()) < 1e-3
+
+
 def _load(ctx: StepContext, job_id: str) -> Job | None:
     def load() -> Job | None:
         with ctx.sessionmaker() as session:
@@ -227,8 +236,9 @@ def _seed(job: Job) -> int:
 
 def _outage_safe(default: Callable[[], R]) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """A step that meets a database outage outlasting its retries logs it and returns
-    ``default()``: the job is left as it is (running, silent), and the sweep restarts it once
-    the database is back. Other exceptions propagate."""
+    ``default()``: the job is left as it is, and the sweep picks it up once the database is
+    back (a silent running job is restarted, which counts an attempt; a queued one is sent
+    again after ``requeue_after_s``). Other exceptions propagate."""
 
     def wrap(step: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(step)
@@ -352,11 +362,20 @@ def _done_tasks(session: Session, job_id: str, seed: int) -> set[str]:
 def _claim_if_complete(ctx: StepContext, job: Job) -> bool:
     """When every task has a result, claim the analysis; ``True`` for the one caller that wins."""
 
+    claimed_at = utcnow()  # the same on every try: a retry recognises its own claim
+
     def claim() -> bool:
         with ctx.sessionmaker() as session:
             if not set(_task_names(job)) <= _done_tasks(session, job.id, _seed(job)):
                 return False
-            claimed = repository.claim_analysis(session=session, job_id=job.id)
+            claimed = repository.claim_analysis(session=session, job_id=job.id, now=claimed_at)
+            if not claimed:  # an earlier try's claim may have committed before its reply was lost
+                row = repository.load_job(session=session, job_id=job.id)
+                claimed = (
+                    row is not None
+                    and row.stage == "similarity"
+                    and _same_instant(row.heartbeat_at, claimed_at)
+                )
             session.commit()
         return claimed
 
@@ -387,6 +406,9 @@ def start_job(ctx: StepContext, job_id: str, *, now: datetime | None = None) -> 
             if job is None or job.status in TERMINAL_STATUSES:
                 return None, None
             if job.status == "running":
+                if _same_instant(job.heartbeat_at, now):
+                    # Our own mark_running, committed on an earlier try whose reply was lost.
+                    return job, None
                 last = job.heartbeat_at or job.started_at or job.created_at
                 if now - last < timeout:
                     return None, None  # another delivery is running it

@@ -167,7 +167,9 @@ def get_report(
         )
     job = repository.get_job(session=session, owner=owner, job_id=job_id)
     context = {"owner": owner, "job": job, "links": report_links(job_id), "v": report_view(rec)}
-    return render(request, "report.html", context)
+    response = render(request, "report.html", context)
+    response.headers["Vary"] = "Accept, Cookie"
+    return response
 
 
 @router.get(
@@ -221,5 +223,9 @@ def download_recommendation(
     return Response(
         rendered_recommendation(request, session, owner, job_id),
         media_type=JSON,
-        headers={"Content-Disposition": f'attachment; filename="recommendation-{job_id}.json"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="recommendation-{job_id}.json"',
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
     )

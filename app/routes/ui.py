@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -55,6 +56,18 @@ def login_form(
     return login_page(request, next_path=next or "/ui/jobs", status_code=200)
 
 
+def _cross_site(request: Request) -> bool:
+    """A form posted from another site (login CSRF): the browser says so in ``Origin`` or
+    ``Sec-Fetch-Site``. Requests that send neither (not a browser) are let through."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return origin == "null"
+    return urlsplit(origin).netloc != request.url.netloc
+
+
 @router.post("/login", name="ui_login")
 async def login(
     request: Request,
@@ -62,6 +75,8 @@ async def login(
     key: Annotated[str, Form(max_length=200)] = "",
     next: Annotated[str, Form(max_length=2000)] = "/ui/jobs",
 ) -> Response:
+    if _cross_site(request):
+        return login_page(request, error="sign in from this site's own page", status_code=403)
     owner = await owner_for_key(request, session, key) if key.strip() else None
     if owner is None:
         message = "key: that API key is unknown or has been revoked"
@@ -81,7 +96,9 @@ async def login(
 
 
 @router.post("/logout", name="ui_logout")
-def logout() -> Response:
+def logout(request: Request) -> Response:
+    if _cross_site(request):
+        return RedirectResponse("/ui/jobs", status_code=303)
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(KEY_COOKIE, path="/")
     return response
@@ -131,7 +148,11 @@ def jobs_state(
     """Status, stage and progress of the owner's jobs named in ``ids`` (comma-separated); ids
     that are not the owner's jobs are left out. The jobs page polls this."""
     if owner is None:
-        raise ApiError(401, "authentication required: sign in at /ui/login")
+        raise ApiError(
+            401,
+            "authentication required: sign in at /ui/login",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     wanted: list[str] = []
     for part in ids.split(","):
         try:
