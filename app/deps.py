@@ -7,11 +7,12 @@
   malformed, unknown or revoked key is a 401 in the API's error shape. Live keys are cached
   for ``api_key_cache_ttl_s`` (:class:`app.caches.ApiKeyCache` in ``app.state.key_cache``).
 * :data:`ReaderOwner`, :data:`PageOwner` — for the report and the pages a browser opens, where
-  no header can be sent: the key may also come from the ``taskgrouper_key`` cookie that
-  ``POST /ui/login`` sets (a session cookie, HttpOnly, SameSite=Lax). Only routes that read
-  (GET) accept it, so a cookie can never make a state-changing API call. ``ReaderOwner``
-  answers 401 without a valid key; ``PageOwner`` is ``None`` then (a page sends the browser to
-  the sign-in form).
+  no header can be sent: the caller may also be named by the ``taskgrouper_key`` cookie that
+  ``POST /ui/login`` sets (a session cookie, HttpOnly, SameSite=Lax) holding a signed,
+  expiring token made from the key (:func:`app.repository.session_token`), not the key. Only
+  routes that read (GET) accept it, so a cookie can never make a state-changing API call.
+  ``ReaderOwner`` answers 401 without a valid key; ``PageOwner`` is ``None`` then (a page sends
+  the browser to the sign-in form).
 * :data:`DatasetIdDep`, :data:`JobIdDep` — the ``{dataset_id}`` / ``{job_id}`` path parameter in
   canonical form; anything that is not a UUID is a 404 (it cannot name a row).
 * :data:`SettingsDep`, :data:`QueueDep`, :data:`StoreDep`, :data:`LimitsDep` — what
@@ -170,16 +171,22 @@ async def current_owner(
 CurrentOwner = Annotated[str, Depends(current_owner)]
 
 KEY_COOKIE = "taskgrouper_key"
-"""The browser session's cookie: the API key entered on the sign-in page."""
+"""The browser session's cookie: a signed token for the key entered on the sign-in page."""
 
 _cookie = APIKeyCookie(
     name=KEY_COOKIE,
     auto_error=False,
     scheme_name="BrowserSession",
-    description="The API key entered once on the sign-in page (`/ui/login`), kept in a "
-    "session cookie. Accepted by the report, its downloads and the pages, never by a route "
-    "that changes anything.",
+    description="A signed, expiring session token for the API key entered once on the sign-in "
+    "page (`/ui/login`), kept in a session cookie. Accepted by the report, its downloads and "
+    "the pages, never by a route that changes anything.",
 )
+
+
+def _session_owner(session: Session, token: str) -> str | None:
+    owner = repository.owner_of_session(session=session, token=token)
+    session.commit()  # end the read-only transaction (as _lookup_owner)
+    return owner
 
 
 async def page_owner(
@@ -188,11 +195,12 @@ async def page_owner(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     cookie: Annotated[str | None, Depends(_cookie)],
 ) -> str | None:
-    """The owner of the Bearer key or, without one, of the session cookie's key; else None."""
+    """The owner of the Bearer key or, without one, of the session cookie's signed token
+    (:func:`app.repository.session_token`); else None."""
     if credentials is not None:
         return await owner_for_key(request, session, credentials.credentials)
     if cookie:
-        return await owner_for_key(request, session, cookie)
+        return await run_in_threadpool(_session_owner, session, cookie.strip())
     return None
 
 

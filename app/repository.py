@@ -105,6 +105,7 @@ __all__ = [
     "mark_requeued",
     "mark_running",
     "next_queued_job",
+    "owner_of_session",
     "record_attempt",
     "request_cancel",
     "requeue_job",
@@ -112,6 +113,7 @@ __all__ = [
     "save_pair_metrics",
     "save_recommendation",
     "save_task_result",
+    "session_token",
     "stale_queued_jobs",
     "stale_running_jobs",
     "update_progress",
@@ -293,6 +295,37 @@ def authenticate(*, session: Session, key: str) -> ApiKey | None:
     if row is None or row.revoked_at is not None:
         return None
     return row if hmac.compare_digest(row.key_hash, digest) else None
+
+
+SESSION_TOKEN_VERSION = "s1"
+
+
+def session_token(*, key: ApiKey, expires: datetime) -> str:
+    """A browser session for ``key`` until ``expires``: ``s1.<key id>.<unix expiry>.<mac>``, the
+    MAC an HMAC-SHA256 keyed with the key's stored hash. It holds no secret: the key itself
+    never goes into a cookie, and revoking the key ends every session made from it."""
+    payload = f"{SESSION_TOKEN_VERSION}.{key.id}.{int(expires.timestamp())}"
+    mac = hmac.new(key.key_hash.encode(), payload.encode(), hashlib.sha256).hexdigest()
+    return f"{payload}.{mac}"
+
+
+def owner_of_session(*, session: Session, token: str, now: datetime | None = None) -> str | None:
+    """The owner of a :func:`session_token` that is well-formed, unexpired, correctly signed
+    and made from a live key; else ``None``."""
+    parts = token.split(".")
+    if len(parts) != 4 or parts[0] != SESSION_TOKEN_VERSION or not parts[2].isdigit():
+        return None
+    _, key_id, expiry, mac = parts
+    if int(expiry) <= _now(now).timestamp():
+        return None
+    row = session.scalar(
+        select(ApiKey).where(ApiKey.id == key_id).execution_options(populate_existing=True)
+    )
+    if row is None or row.revoked_at is not None:
+        return None
+    payload = f"{SESSION_TOKEN_VERSION}.{key_id}.{expiry}"
+    expected = hmac.new(row.key_hash.encode(), payload.encode(), hashlib.sha256).hexdigest()
+    return row.owner if hmac.compare_digest(expected, mac) else None
 
 
 def revoke_api_key(*, session: Session, name_or_prefix: str, now: datetime | None = None) -> int:

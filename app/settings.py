@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         description="Per API process: requests that use the database at once (more wait), "
         "database connections kept open, and threads.",
     )
+    session_ttl_s: int = Field(
+        default=12 * 3600,
+        ge=60,
+        description="How long a browser stays signed in (the pages' session cookie holds a "
+        "signed token valid this long, never the API key itself).",
+    )
     api_key_cache_ttl_s: float = Field(
         default=5.0,
         ge=0.0,

@@ -231,3 +231,38 @@ def test_sign_in_and_out_from_another_site_are_refused(api: Api) -> None:
         "/ui/logout", headers={"Sec-Fetch-Site": "cross-site"}, follow_redirects=False
     )
     assert out.status_code == 303 and "set-cookie" not in out.headers  # still signed in
+
+
+def test_the_cookie_holds_a_signed_token_not_the_key(api: Api) -> None:
+    from datetime import timedelta
+
+    from app.tables import ApiKey, utcnow
+
+    sign_in(api)
+    token = api.client.cookies[KEY_COOKIE]
+    assert api.keys["alice"] not in token and token.startswith("s1.")
+    assert api.client.get("/ui/jobs").status_code == 200
+    # Tampered, or made for another key, or expired: not a session.
+    version, key_id, expiry, mac = token.split(".")
+    bob_row = api.session.query(ApiKey).filter_by(name="bob").one()
+    forged = [
+        f"{version}.{key_id}.{int(expiry) + 3600}.{mac}",  # a longer life
+        f"{version}.{bob_row.id}.{expiry}.{mac}",  # another key's id
+        f"{version}.{key_id}.{expiry}.{'0' * 64}",
+        "s1.x.y.z",
+        api.keys["alice"],  # the raw key is not a session either
+    ]
+    alice_row = api.session.get(ApiKey, key_id)
+    assert alice_row is not None
+    expired = repository.session_token(key=alice_row, expires=utcnow() - timedelta(seconds=1))
+    for bad in [*forged, expired]:
+        api.client.cookies.clear()
+        api.client.cookies.set(KEY_COOKIE, bad)
+        assert api.client.get("/ui/jobs/state", params={"ids": MISSING}).status_code == 401, bad
+    # A valid token stops when its key is revoked.
+    api.client.cookies.clear()
+    api.client.cookies.set(KEY_COOKIE, token)
+    assert api.client.get("/ui/jobs/state", params={"ids": MISSING}).status_code == 200
+    repository.revoke_api_key(session=api.session, name_or_prefix="alice")
+    api.session.commit()
+    assert api.client.get("/ui/jobs/state", params={"ids": MISSING}).status_code == 401

@@ -1,8 +1,10 @@
 """``/ui``: the pages a browser opens: sign in, the owner's jobs with live progress.
 
-Authentication follows the API's: the API key, entered once on ``/ui/login``, is kept in a
-session cookie (HttpOnly, SameSite=Lax, Secure over HTTPS) that the pages, the report and its
-downloads accept (:data:`app.deps.PageOwner`); no route that changes anything accepts it.
+Authentication follows the API's: the API key is entered once on ``/ui/login``; the session
+cookie it sets (HttpOnly, SameSite=Lax, Secure over HTTPS) holds a signed token valid for
+``session_ttl_s`` that names the key, never the key itself. Revoking the key ends the session.
+The pages, the report and its downloads accept it (:data:`app.deps.PageOwner`); no route that
+changes anything does. Sign-in and sign-out refuse forms posted from another site.
 These routes are for browsers and are left out of the OpenAPI document; the report
 (``/recommendations/{id}/report``) is in it.
 """
@@ -10,23 +12,33 @@ These routes are for browsers and are left out of the OpenAPI document; the repo
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app import repository
-from app.deps import KEY_COOKIE, PageOwner, SessionDep, owner_for_key
+from app.deps import KEY_COOKIE, PageOwner, SessionDep
 from app.errors import ApiError
 from app.pages import login_location, login_page, render, safe_next
-from app.tables import JOB_STATUSES, Job
+from app.settings import Settings
+from app.tables import JOB_STATUSES, ApiKey, Job, utcnow
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 MAX_STATE_IDS = 100
+
+
+def _live_key(session: Session, key: str) -> ApiKey | None:
+    row = repository.authenticate(session=session, key=key)
+    session.commit()
+    return row
 
 
 def _row(job: Job) -> dict[str, Any]:
@@ -77,16 +89,20 @@ async def login(
 ) -> Response:
     if _cross_site(request):
         return login_page(request, error="sign in from this site's own page", status_code=403)
-    owner = await owner_for_key(request, session, key) if key.strip() else None
-    if owner is None:
+    row = await run_in_threadpool(_live_key, session, key.strip()) if key.strip() else None
+    if row is None:
         message = "key: that API key is unknown or has been revoked"
         if not key.strip():
             message = "key: enter your API key"
         return login_page(request, next_path=next, error=message, status_code=401)
+    settings: Settings = request.app.state.settings
+    token = repository.session_token(
+        key=row, expires=utcnow() + timedelta(seconds=settings.session_ttl_s)
+    )
     response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(
         KEY_COOKIE,
-        key.strip(),
+        token,
         httponly=True,
         samesite="lax",
         secure=request.url.scheme == "https",
