@@ -205,6 +205,18 @@ def default_suite() -> list[Case]:
             notes="a small task (60 labels) beside two large unrelated ones (600)",
         )
     )
+    # More pretrained 3-task cases at 600 rows (10 minutes each here): unrelated tasks, and a
+    # planted pair beside an unrelated task, on other seeds.
+    for name, features, seed in (("unrelated", (1, 1, 1), 31), ("pair", (2, 1), 33)):
+        cases.append(
+            Case(
+                name=f"synth-minilm-{name}-t3",
+                dataset=f"synth-minilm-{name}-t3",
+                load=synth_loader(features, NOISES["mid"], rows=600, classes=4, seed=seed),
+                model="minilm-l6",
+                training=minilm_synth,
+            )
+        )
     cases.append(
         Case(
             name="birds-minilm",
