@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app.client import COMMANDS as CLIENT_COMMANDS
-from app.client import add_client_commands, run_client_command
+from app.client import add_client_commands, run_client_command, training_options
 
 
 def _split_list(value: str) -> list[str]:
@@ -219,7 +219,7 @@ def _job_from_args(args: argparse.Namespace) -> Any:
     from app.settings import get_settings
     from models.data import load_dataset
     from models.grouping import Thresholds
-    from models.options import TRAINING_KEYS, DatasetSpec, JobSpec, TaskSpec, TrainingConfig
+    from models.options import DatasetSpec, JobSpec, TaskSpec, TrainingConfig
     from models.registry import resolve_model
 
     settings = get_settings()
@@ -258,11 +258,7 @@ def _job_from_args(args: argparse.Namespace) -> Any:
                 name=stem, frame=frame, text_column=args.text_column, split_column=args.split_column
             )
         )
-    training: dict[str, Any] = {
-        k: getattr(args, k) for k in TRAINING_KEYS if getattr(args, k) is not None
-    }
-    if args.fast and "step_fraction" not in training:
-        training["step_fraction"] = FAST_STEP_FRACTION
+    training = training_options(args)
     th = settings.thresholds()
     thresholds = Thresholds(
         tau_rep=th.tau_rep if args.tau_rep is None else args.tau_rep,
@@ -584,10 +580,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
-
-FAST_STEP_FRACTION = 0.25
-"""``--fast``: the share of each model's steps trained in fast mode (README, 'How good is the
-verdict?', measures what it costs)."""
 
 _RUN_CLI = "import sys; from app.cli import main; sys.exit(main())"
 

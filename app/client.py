@@ -27,12 +27,14 @@ import httpx
 __all__ = [
     "COMMANDS",
     "DEFAULT_SERVER",
+    "FAST_STEP_FRACTION",
     "TERMINAL",
     "ProgressBar",
     "ServiceClient",
     "ServiceError",
     "add_client_commands",
     "run_client_command",
+    "training_options",
 ]
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -261,23 +263,19 @@ def add_client_commands(sub: Any) -> None:
     _server_args(re)
 
 
-def _training(args: argparse.Namespace) -> dict[str, Any]:
-    training: dict[str, Any] = {}
-    for name in (
-        "epochs",
-        "max_steps",
-        "step_fraction",
-        "lr",
-        "batch_size",
-        "max_length",
-        "probe_size",
-        "seed",
-    ):
-        value = getattr(args, name)
-        if value is not None:
-            training[name] = value
+FAST_STEP_FRACTION = 0.25
+"""``--fast``: every model trains for this share of its steps (README, 'How good is the
+verdict?', measures what it costs)."""
+
+
+def training_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The training settings given on a command line (``analyze``, ``submit``): the ones set,
+    with ``--fast`` as ``step_fraction`` unless that is given too."""
+    from models.options import TRAINING_KEYS
+
+    training = {k: getattr(args, k) for k in TRAINING_KEYS if getattr(args, k) is not None}
     if args.fast and "step_fraction" not in training:
-        training["step_fraction"] = 0.25
+        training["step_fraction"] = FAST_STEP_FRACTION
     return training
 
 
@@ -305,7 +303,7 @@ def cmd_submit(client: ServiceClient, args: argparse.Namespace) -> int:
         "model": args.model,
         "verify": bool(args.verify),
     }
-    if training := _training(args):
+    if training := training_options(args):
         body["training"] = training
     if args.candidate:
         body["candidate_task_sets"] = args.candidate
