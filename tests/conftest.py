@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from models.tiny import build_tiny_bert
+from tests.celery_fixtures import broker, worker_db  # noqa: F401 (fixtures, found by name)
 from tests.db_fixtures import (  # noqa: F401 (fixtures, found by name)
     database_url,
     pg_engine,

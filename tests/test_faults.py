@@ -6,8 +6,7 @@
 * The API process killed and restarted mid-job: the job runs on, unaffected.
 * An artifact write killed half-way: no half file is ever at the final path.
 
-Skipped when Redis or PostgreSQL is unreachable, failed under ``CI`` (see
-tests/test_integration_celery.py).
+Skipped when Redis or PostgreSQL is unreachable, failed under ``CI`` (tests/celery_fixtures.py).
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,7 @@ import pytest
 from app import repository
 from app.cli import _RUN_CLI, create_key_via_cli, free_port, wait_until_ready
 from app.db import make_engine, make_sessionmaker
-from tests.test_integration_celery import (
-    REPO_ROOT,
-    TERMINAL,
-    _redis_or_skip,
-    _stop,
-    _wait_ready,
-)
+from tests.celery_fixtures import REPO_ROOT, TERMINAL, start_worker, stop_workers, wait_ready
 from tests.worker_helpers import TASKS, synth_csv, tiny_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.slow]
@@ -42,27 +37,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.slow]
 # Slow enough that a fine-tune is still running when the worker is killed.
 SLOW = {"epochs": 40, "batch_size": 4, "max_length": 40, "probe_size": 64}
 HEARTBEAT_TIMEOUT_S = 10
-
-
-@pytest.fixture
-def broker() -> Iterator[str]:
-    from tests.test_integration_celery import BROKER_URL
-
-    client = _redis_or_skip()
-    client.flushdb()
-    yield BROKER_URL
-    client.flushdb()
-    client.close()
-
-
-@pytest.fixture
-def worker_db() -> Iterator[str]:
-    from app.db import upgrade
-    from tests.db_fixtures import fresh_postgres_database
-
-    with fresh_postgres_database() as url:
-        upgrade(url)
-        yield url
 
 
 def worker_env(broker: str, db: str, data_dir: Path, model: Path, **extra: str) -> dict[str, str]:
@@ -81,16 +55,6 @@ def worker_env(broker: str, db: str, data_dir: Path, model: Path, **extra: str) 
     )
     env.update({f"TASKGROUPER_{k.upper()}": v for k, v in extra.items()})
     return env
-
-
-def start_worker(name: str, env: dict[str, str], log: Path, beat: bool) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo"]
-    argv += ["-Q", "gpu,celery", "-n", f"{name}@%h", "--loglevel=INFO", "--without-gossip"]
-    argv += ["--without-mingle", "--without-heartbeat"]
-    if beat:
-        argv += ["-B", "-s", str(log.with_suffix(".beat"))]
-    with log.open("wb") as handle:
-        return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=handle, stderr=handle)
 
 
 class Api:
@@ -123,6 +87,37 @@ class Api:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.client.close()
+
+
+@dataclass
+class Service:
+    """The API (Celery mode) with a key, and the workers a test starts."""
+
+    api: Api
+    env: dict[str, str]
+    root: Path
+    key: str = ""
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def add_worker(self, name: str, *, beat: bool) -> Path:
+        """Start a worker (with beat: the sweep) and wait until it is ready; its log."""
+        log = self.root / f"{name}.log"
+        self.workers.append(start_worker(name, self.env, log, beat=beat))
+        wait_ready(self.workers[-1:], [log], 90)
+        return log
+
+
+@contextmanager
+def celery_service(env: dict[str, str], root: Path) -> Iterator[Service]:
+    """``taskgrouper serve`` for ``env`` and a key for alice; workers and API stopped at the end."""
+    service = Service(Api(env, root), env, root)
+    try:
+        service.api.start()
+        service.key = create_key_via_cli("alice", env=env, cwd=root)
+        yield service
+    finally:
+        stop_workers(service.workers)
+        service.api.close()
 
 
 def submit(api: Api, key: str, training: dict[str, Any]) -> str:
@@ -175,15 +170,10 @@ def test_a_worker_killed_mid_finetune(
     env = worker_env(
         broker, worker_db, settings.data_dir, tiny_bert, max_attempts=str(max_attempts)
     )
-    api = Api(env, tmp_path)
-    workers: list[subprocess.Popen[bytes]] = []
-    try:
-        api.start()
-        key = create_key_via_cli("alice", env=env, cwd=tmp_path)
+    with celery_service(env, tmp_path) as service:
+        api, key = service.api, service.key
         # The first worker alone, without beat: it takes every fine-tune.
-        first_log = tmp_path / "w1.log"
-        workers.append(start_worker("w1", env, first_log, beat=False))
-        _wait_ready(workers, [first_log], 90)
+        first_log = service.add_worker("w1", beat=False)
         job_id = submit(api, key, SLOW)
         # Wait until one fine-tune has finished and the next one is under way.
         deadline = time.monotonic() + 180
@@ -192,14 +182,12 @@ def test_a_worker_killed_mid_finetune(
             time.sleep(0.5)
         before = finished_tasks(worker_db, job_id)
         running = poll(api, key, job_id, lambda j: j["status"] == "running", 30)
-        workers[0].send_signal(signal.SIGKILL)
-        workers[0].wait(10)
+        service.workers[0].send_signal(signal.SIGKILL)
+        service.workers[0].wait(10)
         killed_at = time.monotonic()
 
         # The survivor runs beat: its sweep finds the silent job.
-        second_log = tmp_path / "w2.log"
-        workers.append(start_worker("w2", env, second_log, beat=True))
-        _wait_ready(workers[1:], [second_log], 90)
+        second_log = service.add_worker("w2", beat=True)
         job = poll(api, key, job_id, lambda j: j["status"] in TERMINAL, 300)
         took = time.monotonic() - killed_at
         logs = second_log.read_text()[-3000:]
@@ -223,9 +211,6 @@ def test_a_worker_killed_mid_finetune(
         assert running["attempts"] == 1
         # Bounded: the heartbeat timeout, a sweep interval, and the remaining work.
         assert took < 300
-    finally:
-        _stop(workers)
-        api.close()
 
 
 def test_the_api_restarted_mid_job(
@@ -233,14 +218,9 @@ def test_the_api_restarted_mid_job(
 ) -> None:
     settings = tiny_settings(tmp_path, tiny_bert, worker_db, broker_url=broker)
     env = worker_env(broker, worker_db, settings.data_dir, tiny_bert)
-    api = Api(env, tmp_path)
-    workers: list[subprocess.Popen[bytes]] = []
-    try:
-        api.start()
-        key = create_key_via_cli("alice", env=env, cwd=tmp_path)
-        log = tmp_path / "w1.log"
-        workers.append(start_worker("w1", env, log, beat=True))
-        _wait_ready(workers, [log], 90)
+    with celery_service(env, tmp_path) as service:
+        api, key = service.api, service.key
+        log = service.add_worker("w1", beat=True)
         job_id = submit(api, key, {**SLOW, "epochs": 12})
         poll(api, key, job_id, lambda j: j["status"] == "running" and j["progress"] > 0, 120)
         api.kill()  # SIGKILL: no graceful shutdown
@@ -253,9 +233,6 @@ def test_the_api_restarted_mid_job(
             f"/recommendations/{job_id}", headers={"Authorization": f"Bearer {key}"}
         )
         assert rec.status_code == 200
-    finally:
-        _stop(workers)
-        api.close()
 
 
 _WRITER = """

@@ -3,7 +3,7 @@ Celery worker processes (``--pool=solo``).
 
 A job's fine-tunes fan out over both workers and the analysis runs once; a running job is
 cancelled through the API. When Redis or PostgreSQL is unreachable the test is skipped, or
-fails under ``CI`` (CI must not go green by skipping it).
+fails under ``CI`` (CI must not go green by skipping it; tests/celery_fixtures.py).
 """
 
 from __future__ import annotations
@@ -11,91 +11,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app import repository
-from app.db import make_engine, make_sessionmaker, upgrade
+from app.db import make_engine, make_sessionmaker
 from app.main import create_app
 from app.queue import CeleryQueue
 from models.schema import Recommendation
-from tests.db_fixtures import fresh_postgres_database
+from tests.celery_fixtures import TERMINAL, start_worker, stop_workers, wait_ready
 from tests.worker_helpers import TASKS, new_key, submit_job, tiny_settings, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BROKER_URL = os.environ.get("TASKGROUPER_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def _redis_or_skip() -> Any:
-    import redis
-
-    client = redis.Redis.from_url(BROKER_URL, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        message = f"Redis is not reachable at {BROKER_URL} ({exc}); start redis-server"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return client
-
-
-@pytest.fixture
-def broker() -> Iterator[str]:
-    client = _redis_or_skip()
-    client.flushdb()
-    yield BROKER_URL
-    client.flushdb()
-    client.close()
-
-
-@pytest.fixture
-def worker_db() -> Iterator[str]:
-    """A committed, migrated PostgreSQL database that the worker processes share."""
-    with fresh_postgres_database() as url:
-        upgrade(url)
-        yield url
-
-
-def _start_worker(name: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo"]
-    argv += ["-Q", "gpu,celery", "-n", f"{name}@%h", "--loglevel=INFO", "--without-gossip"]
-    argv += ["--without-mingle", "--without-heartbeat"]
-    with log.open("wb") as handle:
-        return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=handle, stderr=handle)
-
-
-def _wait_ready(workers: list[subprocess.Popen[bytes]], logs: list[Path], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for proc, log in zip(workers, logs, strict=True):
-            if proc.poll() is not None:
-                raise AssertionError(f"worker exited:\n{log.read_text()[-3000:]}")
-        if all(" ready." in log.read_text() for log in logs):
-            return
-        time.sleep(0.3)
-    raise AssertionError("workers not ready:\n" + "\n".join(p.read_text()[-2000:] for p in logs))
-
-
-def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
-    for proc in workers:
-        if proc.poll() is None:
-            proc.terminate()  # SIGTERM: warm shutdown
-    for proc in workers:
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_two_celery_workers_run_a_job_and_cancel_another(
@@ -121,12 +50,12 @@ def test_two_celery_workers_run_a_job_and_cancel_another(
     engine = make_engine(worker_db)
     queue = CeleryQueue(broker)
     try:
-        workers = [_start_worker(f"w{i + 1}", env, log) for i, log in enumerate(logs)]
+        workers = [start_worker(f"w{i + 1}", env, log) for i, log in enumerate(logs)]
         maker = make_sessionmaker(engine)
         key = new_key(maker)
         with TestClient(create_app(settings, queue=queue)) as client:
             assert client.get("/readyz").status_code == 200
-            _wait_ready(workers, logs, timeout_s=90)
+            wait_ready(workers, logs, timeout_s=90)
             auth = {"Authorization": f"Bearer {key}"}
 
             job_id = submit_job(client, key)
@@ -157,6 +86,6 @@ def test_two_celery_workers_run_a_job_and_cancel_another(
             job = wait_for(client, key, job_id, lambda j: j["status"] in TERMINAL, 60)
             assert job["status"] == "cancelled", job
     finally:
-        _stop(workers)
+        stop_workers(workers)
         queue.close()
         engine.dispose()

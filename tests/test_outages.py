@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from app.cli import create_key_via_cli, free_port
+from app.cli import free_port
 from app.db import make_engine, upgrade
 from app.tables import Dataset, Job, PairMetric, Recommendation
+from tests.celery_fixtures import TERMINAL
 from tests.db_fixtures import fresh_postgres_database
-from tests.test_faults import SLOW, Api, poll, start_worker, submit, worker_env
-from tests.test_integration_celery import TERMINAL, _stop, _wait_ready
+from tests.test_faults import SLOW, celery_service, poll, submit, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -191,15 +191,10 @@ def test_postgres_restarted_while_a_job_runs(
     data_dir = tmp_path / "data"
     # A heartbeat timeout longer than the outage: the job must ride it out, not be restarted.
     env = worker_env(redis.url, postgres.url, data_dir, tiny_bert, heartbeat_timeout_s="60")
-    api = Api(env, tmp_path)
-    workers: list[subprocess.Popen[bytes]] = []
-    try:
-        api.start()
-        key = create_key_via_cli("alice", env=env, cwd=tmp_path)
+    with celery_service(env, tmp_path) as service:
+        api, key = service.api, service.key
         auth = {"Authorization": f"Bearer {key}"}
-        log = tmp_path / "w1.log"
-        workers.append(start_worker("w1", env, log, beat=True))
-        _wait_ready(workers, [log], 90)
+        log = service.add_worker("w1", beat=True)
         job_id = submit(api, key, {**SLOW, "epochs": 15})
         poll(api, key, job_id, lambda j: j["status"] == "running" and j["progress"] > 0.05, 120)
         before_rows, before_files = rows(postgres.url), files(data_dir / "artifacts" / "uploads")
@@ -219,9 +214,8 @@ def test_postgres_restarted_while_a_job_runs(
             body = answer.json()["error"]
             assert body["status"] == 503 and "not reachable" in body["message"], (name, body)
         assert answers["job"].headers["retry-after"] == "5"
-        time.sleep(
-            max(0.0, 6 - (time.monotonic() - outage))
-        )  # the worker trains on, unable to write
+        # The worker trains on, unable to write.
+        time.sleep(max(0.0, 6 - (time.monotonic() - outage)))
         postgres.start()
 
         # The API recovers by itself: the pool replaces its dead connections.
@@ -237,9 +231,6 @@ def test_postgres_restarted_while_a_job_runs(
         assert after_rows["datasets"] == before_rows["datasets"]  # the failed upload left nothing
         assert files(data_dir / "artifacts" / "uploads") == before_files
         assert after_rows["recommendations"] == 1 and after_rows["pair_metrics"] == 3
-    finally:
-        _stop(workers)
-        api.close()
 
 
 def test_redis_restarted_with_jobs_queued_and_running(
@@ -248,14 +239,9 @@ def test_redis_restarted_with_jobs_queued_and_running(
     with fresh_postgres_database() as db:
         upgrade(db)
         env = worker_env(redis.url, db, tmp_path / "data", tiny_bert, requeue_after_s="3")
-        api = Api(env, tmp_path)
-        workers: list[subprocess.Popen[bytes]] = []
-        try:
-            api.start()
-            key = create_key_via_cli("alice", env=env, cwd=tmp_path)
-            log = tmp_path / "w1.log"
-            workers.append(start_worker("w1", env, log, beat=True))
-            _wait_ready(workers, [log], 90)
+        with celery_service(env, tmp_path) as service:
+            api, key = service.api, service.key
+            log = service.add_worker("w1", beat=True)
             running = submit(api, key, {**SLOW, "epochs": 10})
             poll(api, key, running, lambda j: j["status"] == "running" and j["progress"] > 0, 120)
             queued = submit(api, key, {**SLOW, "epochs": 2})
@@ -273,6 +259,3 @@ def test_redis_restarted_with_jobs_queued_and_running(
             done = re.findall(r"job (\S+): task '(\w+)' fine-tuned", text)
             assert sorted(done) == sorted(set(done)) and len(done) == 6, done
             assert "sweep: restarted" in text
-        finally:
-            _stop(workers)
-            api.close()
