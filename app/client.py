@@ -370,10 +370,9 @@ def cmd_report(client: ServiceClient, args: argparse.Namespace) -> int:
     from models.schema import Recommendation
 
     rec = Recommendation.model_validate(client.recommendation(args.job_id))
-    job = client.job(args.job_id)
     out = args.out if args.out is not None else Path(f"report-{args.job_id}.html")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(standalone_report(rec, job, server=client.server), encoding="utf-8")
+    out.write_text(standalone_report(rec, args.job_id, server=client.server), encoding="utf-8")
     print(f"wrote {out}")
     if args.open:
         webbrowser.open(out.resolve().as_uri())

@@ -122,7 +122,7 @@ def report_links(job_id: str, base: str = "") -> dict[str, str]:
     }
 
 
-def standalone_report(rec: Recommendation, job: Any, *, server: str) -> str:
+def standalone_report(rec: Recommendation, job_id: str, *, server: str) -> str:
     """The report page as one self-contained HTML file (styles inline, charts inline SVG),
     for ``taskgrouper report``: it opens offline; its links point at ``server``."""
     env = Environment(
@@ -134,7 +134,7 @@ def standalone_report(rec: Recommendation, job: Any, *, server: str) -> str:
         inline_css=(STATIC_DIR / "ui.css").read_text(encoding="utf-8"),
         server=server,
         owner=None,
-        job=job,
-        links=report_links(str(job["id"]), server.rstrip("/")),
+        job={"id": job_id},
+        links=report_links(job_id, server.rstrip("/")),
         v=report_view(rec),
     )

@@ -115,7 +115,7 @@ def test_curves_mark_the_limiting_layer_and_the_page_lists_every_task(
         assert f"layer {pair.cka_min_layer}" in "".join(limiting[0].itertext())
     view = report_view(rec)
     assert [t.name for t in view["tasks"]] == task_order(rec)
-    html = standalone_report(rec, {"id": "job-1"}, server="http://example.test")
+    html = standalone_report(rec, "job-1", server="http://example.test")
     for task in rec.tasks:
         assert f">{_escaped(task.name)}<" in html
     assert "<script" not in html  # the report runs no script, and names cannot add one
@@ -130,7 +130,7 @@ def _escaped(text: str) -> str:
 def test_a_hostile_task_name_stays_text() -> None:
     hostile = '<script>alert("x")</script>'
     rec = build([hostile, "b", "c"], [[hostile, "b"], ["c"]], [0.3])
-    html = standalone_report(rec, {"id": "job-1"}, server="http://example.test")
+    html = standalone_report(rec, "job-1", server="http://example.test")
     assert hostile not in html
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html or (
         "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html

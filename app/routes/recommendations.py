@@ -165,8 +165,12 @@ def get_report(
         return message_page(
             request, owner=owner, title=title, message=exc.message, status_code=exc.status
         )
-    job = repository.get_job(session=session, owner=owner, job_id=job_id)
-    context = {"owner": owner, "job": job, "links": report_links(job_id), "v": report_view(rec)}
+    context = {
+        "owner": owner,
+        "job": {"id": job_id},
+        "links": report_links(job_id),
+        "v": report_view(rec),
+    }
     response = render(request, "report.html", context)
     response.headers["Vary"] = "Accept, Cookie"
     return response
