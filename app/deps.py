@@ -63,6 +63,7 @@ __all__ = [
     "current_owner",
     "get_session",
     "owner_for_key",
+    "sign_in_required",
 ]
 
 MIB = 1024 * 1024
@@ -204,15 +205,20 @@ async def page_owner(
     return None
 
 
+def sign_in_required() -> ApiError:
+    """The 401 of a route that also takes the browser session."""
+    return ApiError(
+        401,
+        "authentication required: send an API key as 'Authorization: Bearer <key>' or "
+        "sign in at /ui/login",
+        headers=_CHALLENGE,
+    )
+
+
 async def reader_owner(owner: Annotated[str | None, Depends(page_owner)]) -> str:
     """:func:`page_owner`, and 401 when there is none."""
     if owner is None:
-        raise ApiError(
-            401,
-            "authentication required: send an API key as 'Authorization: Bearer <key>' or "
-            "sign in at /ui/login",
-            headers=_CHALLENGE,
-        )
+        raise sign_in_required()
     return owner
 
 

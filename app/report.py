@@ -371,19 +371,6 @@ def report_view(rec: Recommendation) -> dict[str, Any]:
     )
     tau_rep = _tau_rep(rec)
     group_of = {t: g for g in rec.groups if g.origin == "recommended" for t in g.tasks}
-    verification = []
-    for v in rec.verification or []:
-        verification.append(
-            {
-                "tasks": v.tasks,
-                "predicted": v.predicted,
-                "matches": v.matches,
-                "outcome": v.outcome,
-                "noise_method": v.noise_method,
-                "seeds": v.seeds,
-                "per_task": v.per_task,
-            }
-        )
     return {
         "sentence": verdict_sentence(rec),
         "verdict": rec.verdict,
@@ -394,7 +381,7 @@ def report_view(rec: Recommendation) -> dict[str, Any]:
         "heatmaps": {"cka": heatmap_svg(rec, "cka"), "grad": heatmap_svg(rec, "grad")},
         "curves": [(p, cka_curve_svg(p, tau_rep)) for p in pairs],
         "candidates": rec.candidates,
-        "verification": verification,
+        "verification": rec.verification or [],
         "thresholds": rec.settings.get("thresholds"),
         "model": rec.settings.get("model"),
         "timings": rec.timings,

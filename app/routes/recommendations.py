@@ -20,7 +20,14 @@ from sqlalchemy.orm import Session
 
 from app import repository
 from app.caches import RecommendationCache
-from app.deps import CurrentOwner, JobIdDep, PageOwner, ReaderOwner, SessionDep
+from app.deps import (
+    CurrentOwner,
+    JobIdDep,
+    PageOwner,
+    ReaderOwner,
+    SessionDep,
+    sign_in_required,
+)
 from app.errors import ApiError, error_responses
 from app.pages import SECURITY_HEADERS, login_location, message_page, render, report_links
 from app.report import heatmap_svg, report_view
@@ -150,12 +157,7 @@ def get_report(
     if owner is None:
         if browser:  # to the sign-in page, and back here after it
             return RedirectResponse(login_location(request.url.path), status_code=303)
-        raise ApiError(
-            401,
-            "authentication required: send an API key as 'Authorization: Bearer <key>' or "
-            "sign in at /ui/login",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise sign_in_required()
     try:
         rec = load_recommendation(request, session, owner, job_id)
     except ApiError as exc:
