@@ -287,10 +287,9 @@ def _handle_error(ctx: StepContext, job_id: str, exc: BaseException) -> None:
         _finish(ctx, job_id, "cancelled")
         return
     if database_unavailable(exc):
-        # Not the job's fault: it stays running, silent, and the sweep restarts it (keeping its
-        # finished fine-tunes) once the database is back.
-        log.error("job %s: the database stayed unreachable; the sweep will restart it", job_id)
-        return
+        # Not the job's fault: the step gives up as a whole (``_outage_safe``) and the sweep
+        # restarts the job, keeping its finished fine-tunes, once the database is back.
+        raise exc
     log.error("job %s failed", job_id, exc_info=exc)
     _finish(ctx, job_id, "failed", failure_reason(exc))
 
