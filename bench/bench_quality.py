@@ -11,10 +11,10 @@ For every case (a dataset, its tasks, a base model, training settings) this:
    when no task falls below its STL macro-F1 by more than max(1 F1 point, twice the seed standard
    error)).
 
-Each case writes ``bench/out/quality/<case>.json`` after every group, so a long suite can be stopped
-and resumed (``--resume``). ``report`` reads those files, fits the thresholds and ``p_match`` with
-leave-one-dataset-out folds (``models.calibration``), and prints the verdict accuracy, regret,
-planted-grouping recovery and cost tables.
+Each case writes ``bench/results/quality/<case>.json`` (kept in the repository) after every
+group, so a long suite can be stopped and resumed (``--resume``). ``report`` reads those files,
+fits the thresholds and ``p_match`` with leave-one-dataset-out folds (``models.calibration``),
+and prints the verdict accuracy, regret, planted-grouping recovery and cost tables.
 
     .venv/bin/python bench/bench_quality.py run --suite default [--only NAME] [--resume]
     .venv/bin/python bench/bench_quality.py report [--ship]
@@ -52,7 +52,7 @@ from machine import cpu_model
 from models.options import AnalysisConfig, DatasetSpec, JobSpec, TaskSpec, TrainingConfig
 from models.synth import SynthSpec, generate
 
-OUT = Path("bench/out/quality")
+OUT = Path("bench/results/quality")  # kept in the repository: the measurements behind the fit
 PAIR_KEYS = (
     "tasks",
     "cka_per_layer",
