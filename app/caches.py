@@ -8,9 +8,9 @@ Both spare the database and the CPU on the hot read paths (``GET /jobs/{id}``, `
   empties every key cache of the process at once and again when the revocation commits; a key
   revoked by another process (``taskgrouper keys revoke``) stops working here within ``ttl_s``.
   ``ttl_s = 0`` turns the cache off: every request checks the database.
-* :class:`RecommendationCache`: the JSON bytes answered for a succeeded job's recommendation.
-  A recommendation is written once, when its job succeeds, and never changes; the route still
-  reads the job's status (and owner) from the database on every request.
+* :class:`RecommendationCache`: the JSON bytes answered for a succeeded job's recommendation,
+  with the job's owner. A recommendation is written once, when its job succeeds; a succeeded job
+  never changes and is never deleted, so an entry stays true: a hit needs no database read.
 
 No FastAPI here: the repository (which the workers import too) calls :func:`forget_api_keys`.
 """
@@ -69,30 +69,34 @@ def forget_api_keys() -> None:
 
 
 class RecommendationCache:
-    """The most recently used rendered recommendations, up to ``max_bytes`` in all."""
+    """The most recently used rendered recommendations, up to ``max_bytes`` in all, each with
+    the owner of its job: only that owner gets it from here."""
 
     def __init__(self, max_bytes: int = 32 * 2**20) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, job_id: str) -> bytes | None:
+    def get(self, job_id: str, owner: str) -> bytes | None:
+        """The rendered recommendation of ``owner``'s succeeded job, if this process has it."""
         with self._lock:
-            body = self._entries.get(job_id)
-            if body is not None:
-                self._entries.move_to_end(job_id)
-            return body
+            entry = self._entries.get(job_id)
+            if entry is None or entry[0] != owner:
+                return None
+            self._entries.move_to_end(job_id)
+            return entry[1]
 
-    def put(self, job_id: str, body: bytes) -> None:
+    def put(self, job_id: str, owner: str, body: bytes) -> None:
+        """Keep a succeeded job's rendered recommendation (never anything else: see above)."""
         if len(body) > self.max_bytes:
             return
         with self._lock:
             old = self._entries.pop(job_id, None)
             if old is not None:
-                self._bytes -= len(old)
-            self._entries[job_id] = body
+                self._bytes -= len(old[1])
+            self._entries[job_id] = (owner, body)
             self._bytes += len(body)
             while self._bytes > self.max_bytes:
-                _, evicted = self._entries.popitem(last=False)
+                _, (_, evicted) = self._entries.popitem(last=False)
                 self._bytes -= len(evicted)

@@ -29,6 +29,7 @@ from app.caches import ApiKeyCache, RecommendationCache
 from app.db import database_url, make_engine, make_sessionmaker
 from app.deps import Limits
 from app.errors import error_response, install_error_handlers
+from app.fastlane import ReadFastLane
 from app.pages import static_files
 from app.queue import CeleryQueue, JobQueue, NullQueue
 from app.routes import api_router
@@ -229,12 +230,15 @@ def create_app(
     app.state.key_cache = ApiKeyCache(settings.api_key_cache_ttl_s)
     app.state.db_slots = anyio.Semaphore(pool_size)
     app.state.recommendations = RecommendationCache()
+    app.state.fast_lane_answers = 0
     install_error_handlers(app)
     app.add_middleware(
         BodySizeLimit,
         default_limit=limits.max_body_bytes,
         upload_limit=limits.max_upload_bytes + MULTIPART_OVERHEAD,
     )
+    if settings.fast_reads:
+        app.add_middleware(ReadFastLane)  # outside the size limit: it answers only bodyless GETs
     app.include_router(api_router)
     app.mount("/ui/static", static_files(), name="ui-static")
     return app

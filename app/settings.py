@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         "`taskgrouper keys revoke` stops working within this. 0: every request checks the "
         "database.",
     )
+    fast_reads: bool = Field(
+        default=True,
+        description="Answer the polled reads (GET /jobs/{id}, GET /recommendations/{id}) of a "
+        "key this process has already checked before the framework's routing (app/fastlane.py); "
+        "same answers, less CPU per request. False sends every request through the routes.",
+    )
     # Workers (production mode: Celery on Redis; unset broker_url means embedded mode).
     broker_url: str | None = Field(
         default=None,

@@ -134,7 +134,9 @@ class Api:
 
 
 def build_api(session: Session, tmp_path: Path, queue: Any = None, **limits: Any) -> Api:
-    settings = make_settings(tmp_path, **limits)
+    # The routes' sessions are the test's one rolled-back session (get_session is overridden);
+    # the fast lane opens sessions of its own, so it is off here (tests/test_fastlane.py).
+    settings = make_settings(tmp_path, **{"fast_reads": False, **limits})
     queue = NullQueue() if queue is None else queue
     app = create_app(settings, queue=queue, session_factory=lambda: session)
 

@@ -124,13 +124,21 @@ def test_a_recommendation_is_rendered_once_and_still_owner_scoped(api: Api) -> N
 
 def test_recommendation_cache_keeps_the_most_recent_within_its_size() -> None:
     cache = RecommendationCache(max_bytes=10)
-    cache.put("a", b"12345")
-    cache.put("b", b"12345")
-    assert cache.get("a") == b"12345"  # now the most recent
-    cache.put("c", b"123")
-    assert cache.get("b") is None and cache.get("a") == b"12345" and cache.get("c") == b"123"
-    cache.put("huge", b"x" * 11)
-    assert cache.get("huge") is None
+    cache.put("a", "alice", b"12345")
+    cache.put("b", "alice", b"12345")
+    assert cache.get("a", "alice") == b"12345"  # now the most recent
+    cache.put("c", "alice", b"123")
+    assert cache.get("b", "alice") is None
+    assert cache.get("a", "alice") == b"12345" and cache.get("c", "alice") == b"123"
+    cache.put("huge", "alice", b"x" * 11)
+    assert cache.get("huge", "alice") is None
+
+
+def test_recommendation_cache_answers_only_the_owner() -> None:
+    cache = RecommendationCache()
+    cache.put("a", "alice", b"{}")
+    assert cache.get("a", "alice") == b"{}"
+    assert cache.get("a", "bob") is None
 
 
 def test_get_job_answers_the_job_public_shape(api: Api) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from app import repository
@@ -44,9 +45,10 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-def job_public(job: Job, request: Request) -> JobPublic:
-    """The API's view of a job row, with links."""
+def job_public(job: Job | Row[Any], request: Request) -> JobPublic:
+    """The API's view of a job (its row object, or a row of its columns), with links."""
     stored = job.request or {}
+    links = job_link_paths(request, job.id)
     return JobPublic(
         id=job.id,
         status=job.status,  # type: ignore[arg-type]  # the table's CHECK constraint
@@ -63,12 +65,28 @@ def job_public(job: Job, request: Request) -> JobPublic:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        links=JobLinks(
-            self=request.url_for("get_job", job_id=job.id).path,
-            cancel=request.url_for("cancel_job", job_id=job.id).path,
-            recommendation=request.url_for("get_recommendation", job_id=job.id).path,
-        ),
+        links=JobLinks(**links),
     )
+
+
+_LINK_ROUTES = {"self": "get_job", "cancel": "cancel_job", "recommendation": "get_recommendation"}
+
+
+def job_link_paths(request: Request, job_id: str) -> dict[str, str]:
+    """The paths of a job's links, as ``request.url_for(route, job_id=...).path`` gives them.
+
+    The routes' path templates are looked up once per app (a lookup walks the routes: three per
+    job answered made a tenth of a polled read's time).
+    """
+    app = request.scope["app"]
+    templates: dict[str, str] | None = getattr(app.state, "job_link_templates", None)
+    if templates is None:
+        templates = {
+            link: app.url_path_for(route, job_id="{job_id}") for link, route in _LINK_ROUTES.items()
+        }
+        app.state.job_link_templates = templates
+    root = request.scope.get("root_path", "")
+    return {link: root + path.format(job_id=job_id) for link, path in templates.items()}
 
 
 def request_hash(body: JobCreate) -> str:

@@ -2,8 +2,9 @@
 
 The body is the engine's JSON (``models.schema.Recommendation``), validated on the way out.
 A recommendation never changes once its job has succeeded, so it is validated and rendered once
-per process and the bytes are kept (:class:`app.caches.RecommendationCache`); the job's status
-and owner are still read from the database on every request.
+per process and the bytes are kept with the job's owner (:class:`app.caches.RecommendationCache`):
+a succeeded job never changes and is never deleted, so the owner's next request is answered from
+there without a database read (and, most of the time, by :mod:`app.fastlane` before FastAPI).
 
 ``/report`` is the same recommendation as an HTML page (:mod:`app.report`, ``report.html``);
 ``/heatmaps/{metric}.svg`` and ``/download`` are its downloads. These three also accept the
@@ -86,10 +87,9 @@ JSON = "application/json"
 def rendered_recommendation(request: Request, session: Session, owner: str, job_id: str) -> bytes:
     """The owner's recommendation as the API renders it; ApiError 404/409 when there is none."""
     cache: RecommendationCache = request.app.state.recommendations
-    if repository.get_job_status(session=session, owner=owner, job_id=job_id) == "succeeded":
-        rendered = cache.get(job_id)
-        if rendered is not None:
-            return rendered
+    rendered = cache.get(job_id, owner)  # a succeeded job's: it cannot have changed
+    if rendered is not None:
+        return rendered
     job = repository.get_job(session=session, owner=owner, job_id=job_id)
     if job is None:
         raise ApiError(404, f"no job with id {job_id!r}")
@@ -100,7 +100,7 @@ def rendered_recommendation(request: Request, session: Session, owner: str, job_
         raise ApiError(404, f"job {job_id} succeeded but no recommendation is stored for it")
     # As FastAPI renders a response_model (by alias), once.
     rendered = Recommendation.model_validate(stored.body).model_dump_json(by_alias=True).encode()
-    cache.put(job_id, rendered)
+    cache.put(job_id, owner, rendered)
     return rendered
 
 
