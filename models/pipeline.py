@@ -8,6 +8,7 @@ service can run them as separate worker tasks (``prepare``, ``run_finetune``, ``
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -309,7 +310,11 @@ def analyze_similarity(job: PreparedJob) -> Similarity:
     reps = torch.stack([job.stl[n][0].reps for n in names])  # (T, L+1, n, d)
     batch = job.spec.analysis.cka_batch_size
     cka = layerwise_pairwise_cka(reps, batch_size=batch)
-    base = layer_representations(job.encoder, job.probe_ids, job.device, pad_id=job.pad_id)
+    # The pretrained encoder stays where it was loaded (the CPU): the fine-tunes, the alignment and
+    # the verification each take a copy to the device, and so does this read.
+    encoder = job.encoder if job.device.type == "cpu" else copy.deepcopy(job.encoder).to(job.device)
+    base = layer_representations(encoder, job.probe_ids, job.device, pad_id=job.pad_id)
+    del encoder
     return Similarity(cka=cka.numpy(), to_pretrained=cross_cka(reps, base).numpy())
 
 
