@@ -11,12 +11,18 @@ has a shared base representation, each model adds its own perturbation (growing 
 fine-tuning changes later layers more), and models in the same "task family" share an extra
 component, so CKA values spread over a realistic range instead of all being ~0 or ~1.
 
-Two kernels, each against its own baseline, for every ``--threads`` setting in one run:
+Two kernels, each against two baselines, for every ``--threads`` setting in one run:
 
 * ``pairwise``: ``pairwise_cka`` on layer 0 (``T`` representations) against ``linear_cka`` over
   its ``T (T - 1) / 2`` pairs in a Python loop;
 * ``layerwise``: ``layerwise_pairwise_cka`` on all ``--layers`` layers against the loop over
   every pair of every layer.
+
+The baselines: a Python loop of the module's own ``linear_cka`` (which already takes the cheaper
+of its two paths for each pair), and the per-pair loop over a float64 reference that
+``shared/BENCH.md`` names: METHOD.md's formulas pair by pair, both ``n x n`` Gram matrices in
+float64 and the three HSICs from them (``reference_cka``; ``--no-reference`` skips it). Both
+must agree with the batched result within 1e-6.
 
 All functions of one thread setting are timed interleaved (A B C D A B C D ...), so that load from
 other jobs on a shared machine hits them alike; one untimed warm-up of the single-layer functions
@@ -82,6 +88,44 @@ def loop_baseline(reps: torch.Tensor, debiased: bool) -> torch.Tensor:
     return out
 
 
+def reference_hsic(k: torch.Tensor, l: torch.Tensor, debiased: bool) -> torch.Tensor:  # noqa: E741
+    """HSIC of two float64 Gram matrices from METHOD.md's formulas (no n^3 products: the
+    centring is done on the matrix, ``tr(KHLH) = <HKH, HLH>``, and ``1'KL1 = (K1)'(L1)``)."""
+    n = k.shape[0]
+    if not debiased:
+        kc = k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
+        lc = l - l.mean(0, keepdim=True) - l.mean(1, keepdim=True) + l.mean()
+        return (kc * lc).sum() / (n - 1) ** 2
+    kt = k.clone().fill_diagonal_(0.0)
+    lt = l.clone().fill_diagonal_(0.0)
+    value = (
+        (kt * lt).sum()
+        + kt.sum() * lt.sum() / ((n - 1) * (n - 2))
+        - 2.0 / (n - 2) * (kt.sum(0) @ lt.sum(1))
+    )
+    return value / (n * (n - 3))
+
+
+def reference_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool) -> float:
+    """One pair by the textbook: both Gram matrices in float64, then the three HSICs."""
+    x, y = x.double(), y.double()
+    k, l = x @ x.T, y @ y.T  # noqa: E741
+    hk, hl = reference_hsic(k, k, debiased), reference_hsic(l, l, debiased)
+    return float(reference_hsic(k, l, debiased) / torch.sqrt(hk * hl))
+
+
+def reference_loop(reps: torch.Tensor, debiased: bool) -> torch.Tensor:
+    """The float64 reference over every pair of every layer, one pair at a time."""
+    t, layers = reps.shape[:2]
+    out = torch.ones(layers, t, t, dtype=torch.float64)
+    for layer in range(layers):
+        for i in range(t):
+            for j in range(i + 1, t):
+                v = reference_cka(reps[i, layer], reps[j, layer], debiased)
+                out[layer, i, j] = out[layer, j, i] = v
+    return out
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], torch.Tensor]], repeats: int, warm: set[str]
 ) -> tuple[dict[str, list[float]], dict[str, torch.Tensor]]:
@@ -118,6 +162,7 @@ class Kernel:
     name: str
     layers: int
     baseline: Callable[[], torch.Tensor]
+    reference: Callable[[], torch.Tensor] | None
     candidate: Callable[[], torch.Tensor]
     minibatch: Callable[[], torch.Tensor] | None
 
@@ -132,6 +177,7 @@ def kernels(args: argparse.Namespace, reps: torch.Tensor, debiased: bool) -> lis
                 "pairwise",
                 1,
                 lambda: loop_baseline(single, debiased)[0],
+                (lambda: reference_loop(single, debiased)[0]) if args.reference else None,
                 lambda: pairwise_cka(single[:, 0], debiased=debiased),
                 None
                 if mb is None
@@ -144,6 +190,7 @@ def kernels(args: argparse.Namespace, reps: torch.Tensor, debiased: bool) -> lis
                 "layerwise",
                 args.layers,
                 lambda: loop_baseline(reps, debiased),
+                (lambda: reference_loop(reps, debiased)) if args.reference else None,
                 lambda: layerwise_pairwise_cka(reps, debiased=debiased),
                 None
                 if mb is None
@@ -160,6 +207,8 @@ def measure(
     fns: dict[str, Callable[[], torch.Tensor]] = {}
     for k in kernel_list:
         fns[f"{k.name}/baseline"] = k.baseline
+        if k.reference is not None:
+            fns[f"{k.name}/reference"] = k.reference
         fns[f"{k.name}/candidate"] = k.candidate
         if k.minibatch is not None:
             fns[f"{k.name}/minibatch"] = k.minibatch
@@ -182,6 +231,17 @@ def measure(
             "max_abs_diff": float((base - cand).abs().max()),
             "cka_offdiag_range": [float(off_diag.min()), float(off_diag.max())],
         }
+        if k.reference is not None:
+            ref_t = times[f"{k.name}/reference"]
+            entry["reference"] = {
+                **summary(ref_t),
+                "times_s": ref_t,
+                "speed_ratio": statistics.median(ref_t) / statistics.median(cand_t),
+                "speed_ratio_of_minima": min(ref_t) / min(cand_t),
+                # two full n x n Gram GEMMs per pair (n^2 d multiply-adds each)
+                "gemm_macs_ratio": pairs * 2 * n * n * d / (k.layers * cka_macs(t, n, d)),
+                "max_abs_diff": float((outs[f"{k.name}/reference"] - cand).abs().max()),
+            }
         if k.minibatch is not None:
             mb_t = times[f"{k.name}/minibatch"]
             entry["minibatch"] = {
@@ -210,6 +270,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated torch thread counts, each measured in turn (default: 1,all)",
     )
     parser.add_argument("--kernels", default="pairwise,layerwise", help="pairwise and/or layerwise")
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the second baseline (the textbook float64 formula, pair by pair)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/out/cka.json"))
     args = parser.parse_args(argv)
     args.threads = list(dict.fromkeys(int(v) for v in args.threads.split(",")))
@@ -231,7 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         by_threads[str(threads)] = measure(kernel_list, args.repeats, args.t, args.n, args.d)
     load_after = os.getloadavg()
     max_diff = max(
-        float(str(entry["max_abs_diff"])) for res in by_threads.values() for entry in res.values()
+        float(str(part["max_abs_diff"]))
+        for res in by_threads.values()
+        for entry in res.values()
+        for part in (entry, entry.get("reference") or entry)
+        if isinstance(part, dict)
     )
     result: dict[str, object] = {
         "config": {
@@ -300,6 +370,13 @@ def print_report(
                 f"{e['speed_ratio_of_minima']:6.2f} {e['gemm_macs_ratio']:7.2f} "
                 f"{e['max_abs_diff']:8.1e}"
             )
+            ref = e.get("reference")
+            if isinstance(ref, dict):
+                print(
+                    f"{'':>7s} {'  vs ref':10s} {'':>5s} {span(ref):>26s} {'':>25s} "
+                    f"{ref['speed_ratio']:6.2f} {ref['speed_ratio_of_minima']:6.2f} "
+                    f"{ref['gemm_macs_ratio']:7.2f} {ref['max_abs_diff']:8.1e}"
+                )
             mb = e.get("minibatch")
             if isinstance(mb, dict):
                 print(
@@ -309,11 +386,14 @@ def print_report(
                 )
     ok = float(str(result["max_abs_diff"])) <= TOLERANCE
     print(
-        "ratio = baseline median / batched median; r(min) = ratio of minima; ceiling = ratio of "
-        "GEMM multiply-adds (the speed ratio at equal GEMM efficiency)"
+        "baseline = a loop of linear_cka over the pairs; vs ref = a loop of the textbook float64 "
+        "formula (both Gram matrices per pair); ratio = baseline median / batched median; "
+        "r(min) = ratio of minima; ceiling = ratio of GEMM multiply-adds (the speed ratio at "
+        "equal GEMM efficiency)"
     )
     print(
-        f"max |baseline - batched| = {result['max_abs_diff']:.1e} (tolerance {TOLERANCE:.0e}: "
+        f"max |baseline or reference - batched| = {result['max_abs_diff']:.1e} "
+        f"(tolerance {TOLERANCE:.0e}: "
         f"{'OK' if ok else 'FAIL'}); JSON: {args.out}"
     )
 
