@@ -62,7 +62,7 @@ class ReadFastLane:
         if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"]:
             await self.app(scope, receive, send)
             return
-        match = _PATH.fullmatch(scope["path"])
+        match = _PATH.fullmatch(_route_path(scope))
         body = None if match is None else await self._answer(scope, *match.groups())
         if body is None:
             await self.app(scope, receive, send)
@@ -94,6 +94,16 @@ class ReadFastLane:
         except Exception:  # e.g. the database is down: the route answers it (a 503), not a 500
             log.debug("fast lane: job %s left to the route", job_id, exc_info=True)
             return None
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the app's routes see: without the ``root_path`` a proxy mounts the app under
+    (as Starlette's router strips it)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+        return path[len(root) :]
+    return path
 
 
 def _cached_owner(scope: Scope, cache: ApiKeyCache) -> str | None:

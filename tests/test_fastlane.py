@@ -242,3 +242,18 @@ def test_a_database_outage_is_the_routes_to_answer(lanes: Lanes) -> None:
     # The lane stepped aside and the route gave the API's 503, not a 500 from the middleware.
     assert response.status_code == 503 and "Retry-After" in response.headers
     assert lanes.answered == before
+
+
+def test_behind_a_proxy_prefix_the_links_keep_it(engine: Engine, tmp_path: Path) -> None:
+    maker = make_sessionmaker(engine)
+    with maker() as session:
+        keys, jobs = _seed(session)
+    settings = make_settings(tmp_path, api_key_cache_ttl_s=3600.0)
+    app = create_app(settings, queue=NullQueue(), session_factory=maker)
+    auth = {"Authorization": f"Bearer {keys['alice']}"}
+    with TestClient(app, root_path="/api") as client:
+        client.get("/api/jobs", headers=auth)
+        first = client.get(f"/api/jobs/{jobs['running']}", headers=auth)
+        answered = app.state.fast_lane_answers
+        assert first.status_code == 200 and answered == 1
+    assert first.json()["links"]["self"] == f"/api/jobs/{jobs['running']}"
