@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from machine import cpu_model
 
-from app.settings import get_settings
 from models.options import DatasetSpec, JobSpec, TaskSpec, TrainingConfig
 from models.pipeline import run_job
 from models.registry import resolve_model
@@ -48,6 +47,7 @@ def main() -> None:
     parser.add_argument("--verify", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("bench/out/birds.json"))
     args = parser.parse_args()
+    from app.settings import get_settings  # here: load_birds is imported where app is not
 
     settings = get_settings()
     frame = load_birds(args.rows, args.seed)

@@ -39,5 +39,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
   "pydantic==$(.venv/bin/python -c 'import pydantic; print(pydantic.VERSION)')" \
   "pydantic_core==$(.venv/bin/python -c 'import pydantic_core; print(pydantic_core.__version__)')" \
+  "pydantic-settings==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("pydantic-settings"))')" \
+  "python-dotenv==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("python-dotenv"))')" \
   annotated-types typing-inspection
 du -sh .gpu .whl
