@@ -77,15 +77,22 @@ def make_reps(t: int, layers: int, n: int, d: int, seed: int) -> torch.Tensor:
     return reps
 
 
-def loop_baseline(reps: torch.Tensor, debiased: bool) -> torch.Tensor:
+def pair_loop(
+    reps: torch.Tensor, cka: Callable[[torch.Tensor, torch.Tensor], float]
+) -> torch.Tensor:
+    """``cka`` over every pair of every layer, one pair at a time: ``(L1, T, T)``."""
     t, layers = reps.shape[:2]
     out = torch.ones(layers, t, t, dtype=torch.float64)
     for layer in range(layers):
         for i in range(t):
             for j in range(i + 1, t):
-                v = linear_cka(reps[i, layer], reps[j, layer], debiased=debiased)
-                out[layer, i, j] = out[layer, j, i] = v
+                out[layer, i, j] = out[layer, j, i] = cka(reps[i, layer], reps[j, layer])
     return out
+
+
+def loop_baseline(reps: torch.Tensor, debiased: bool) -> torch.Tensor:
+    """The module's own ``linear_cka``, pair by pair."""
+    return pair_loop(reps, lambda x, y: linear_cka(x, y, debiased=debiased))
 
 
 def reference_hsic(k: torch.Tensor, l: torch.Tensor, debiased: bool) -> torch.Tensor:  # noqa: E741
@@ -115,15 +122,8 @@ def reference_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool) -> float:
 
 
 def reference_loop(reps: torch.Tensor, debiased: bool) -> torch.Tensor:
-    """The float64 reference over every pair of every layer, one pair at a time."""
-    t, layers = reps.shape[:2]
-    out = torch.ones(layers, t, t, dtype=torch.float64)
-    for layer in range(layers):
-        for i in range(t):
-            for j in range(i + 1, t):
-                v = reference_cka(reps[i, layer], reps[j, layer], debiased)
-                out[layer, i, j] = out[layer, j, i] = v
-    return out
+    """The float64 reference (:func:`reference_cka`), pair by pair."""
+    return pair_loop(reps, lambda x, y: reference_cka(x, y, debiased))
 
 
 def time_interleaved(

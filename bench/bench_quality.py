@@ -225,9 +225,7 @@ def default_suite() -> list[Case]:
             # the 2-core CPU, minutes on a GPU (measured with --device cuda on a lent H200).
             load=birds_loader(5000, ["phase_of_flt", "sky", "birds_struck"]),
             model="minilm-l6",
-            training=TrainingConfig(
-                epochs=2, lr=1e-4, batch_size=32, max_length=64, probe_size=512
-            ),
+            training=dataclasses.replace(minilm_synth, max_length=64),
             notes="5,000 birds rows: run on a GPU (--device cuda)",
         )
     )
@@ -239,9 +237,7 @@ def default_suite() -> list[Case]:
             # models stayed near the majority class and every group "matched" trivially.
             load=birds_loader(1000, BIRDS_TASKS),
             model="minilm-l6",
-            training=TrainingConfig(
-                epochs=2, lr=1e-4, batch_size=32, max_length=64, probe_size=512
-            ),
+            training=dataclasses.replace(minilm_synth, max_length=64),
             groups="pairs",
             notes="all five tasks: pairs and the all-tasks group only",
         )
