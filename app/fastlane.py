@@ -33,11 +33,13 @@ from typing import Any
 import anyio
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy import Engine
+from sqlalchemy.pool import QueuePool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import repository
 from app.caches import ApiKeyCache, RecommendationCache
+from app.db import make_engine
 from app.routes.jobs import job_public
 
 __all__ = ["ReadFastLane"]
@@ -123,14 +125,29 @@ def _cached_owner(scope: Scope, cache: ApiKeyCache) -> str | None:
 
 
 def _autocommit_engine(state: Any) -> Engine | None:
-    """The app's database engine in autocommit mode (a read is one SELECT, no BEGIN/ROLLBACK);
-    ``None`` when the app's sessions are not bound to an engine (the lane then steps aside)."""
+    """The engine of the lane's reads, in autocommit mode (a read is one SELECT, no BEGIN or
+    ROLLBACK); ``None`` when the app's sessions are not bound to an engine (the lane then steps
+    aside). For PostgreSQL a pool of its own (as many connections as the app's) that does not
+    ping a connection before each use: that ping was a second round trip per read. A read on a
+    connection the server has dropped fails, the pool reconnects, and that one request goes to
+    the route, whose pool does ping."""
     engine: Engine | None = getattr(state, "fast_lane_engine", None)
     if engine is None:
         bind = getattr(state.sessionmaker, "kw", {}).get("bind")
         if not isinstance(bind, Engine):
             return None
-        engine = bind.execution_options(isolation_level="AUTOCOMMIT")
+        if bind.dialect.name == "sqlite":  # a local file: nothing to ping
+            engine = bind.execution_options(isolation_level="AUTOCOMMIT")
+        else:
+            size = bind.pool.size() if isinstance(bind.pool, QueuePool) else 5
+            engine = make_engine(
+                bind.url.render_as_string(hide_password=False),
+                pool_size=size,
+                max_overflow=0,
+                pool_pre_ping=False,
+                isolation_level="AUTOCOMMIT",
+            )
+            state.fast_lane_own_engine = engine  # disposed with the app (app.main)
         state.fast_lane_engine = engine
     return engine
 

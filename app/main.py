@@ -210,6 +210,9 @@ def create_app(
                 stop()
             if engine is not None:
                 engine.dispose()
+            lane: Engine | None = getattr(app.state, "fast_lane_own_engine", None)
+            if lane is not None:
+                lane.dispose()
 
     app = FastAPI(
         title="taskgrouper",

@@ -237,6 +237,9 @@ def test_a_database_outage_is_the_routes_to_answer(lanes: Lanes) -> None:
     # The database goes away: its address now refuses connections (nothing listens on port 9).
     down = make_engine("postgresql+psycopg://postgres@127.0.0.1:9/none", pool_pre_ping=False)
     app.state.sessionmaker = make_sessionmaker(down)
+    lane = getattr(app.state, "fast_lane_own_engine", None)
+    if lane is not None:  # PostgreSQL: the lane's own pool, on the live server
+        lane.dispose()
     del app.state.fast_lane_engine
     response = lanes.fast.get(path, headers=lanes.auth())
     # The lane stepped aside and the route gave the API's 503, not a 500 from the middleware.
