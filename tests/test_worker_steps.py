@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import pytest
@@ -240,6 +240,58 @@ def test_the_embedded_worker_requeues_jobs_left_running(world: World) -> None:
     job = world.job(resumed)
     assert (job.status, job.attempts) == ("succeeded", 2)
     assert world.count(TaskResult, resumed) == 3
+
+
+def test_two_deliveries_at_the_same_instant_start_the_job_once(world: World) -> None:
+    """A duplicate start message taken at the very instant of the first: only a retry of the
+    same call may take a running job's fresh heartbeat for its own write."""
+    job_id = submit_job(world.client, world.key)
+    assert steps.start_job(world.ctx, job_id).finetune == TASKS
+    beat = world.job(job_id).heartbeat_at  # the first delivery's last write
+    assert beat is not None
+    for offset_us in (0, 400, -400):  # a second delivery at that instant, or within a millisecond
+        now = beat.replace(tzinfo=beat.tzinfo or UTC) + timedelta(microseconds=offset_us)
+        assert steps.start_job(world.ctx, job_id, now=now) == steps.StartOutcome()
+    assert world.job(job_id).attempts == 1
+    _end(world, job_id)
+
+
+def test_a_retried_start_recognises_its_own_committed_write(world: World) -> None:
+    """The first try's commit reaches the database but its reply is lost: the retry finds the
+    job running with its own heartbeat and goes on, instead of leaving it to the sweep."""
+    job_id = submit_job(world.client, world.key)
+    lost = {"armed": True}
+
+    def reply_lost_once() -> Session:
+        session = world.maker()
+        if lost["armed"]:
+            lost["armed"] = False
+            commit = session.commit
+
+            def commit_then_lose_reply() -> None:
+                commit()
+                raise OperationalError("COMMIT", {}, ConnectionResetError("connection reset"))
+
+            session.commit = commit_then_lose_reply  # type: ignore[method-assign]
+        return session
+
+    ctx = dataclasses.replace(
+        world.ctx,
+        sessionmaker=reply_lost_once,
+        settings=world.settings.model_copy(update={"db_retry_s": 30.0}),
+    )
+    assert steps.start_job(ctx, job_id).finetune == TASKS
+    assert not lost["armed"]  # the reply was lost once
+    job = world.job(job_id)
+    assert (job.status, job.attempts) == ("running", 1)
+    _end(world, job_id)
+
+
+def _end(world: World, job_id: str) -> None:
+    """Cancel a job a test left running (the module's owner may have 4 active jobs at most)."""
+    with world.maker() as session:
+        repository.finish_job(session=session, job_id=job_id, status="cancelled")
+        session.commit()
 
 
 def test_a_stopping_worker_puts_its_job_back_without_counting_it(world: World) -> None:

@@ -210,12 +210,29 @@ def retrying(ctx: StepContext, what: str, transaction: Callable[[], T]) -> T:
 
 
 def _same_instant(stored: datetime | None, moment: datetime) -> bool:
-    """Whether a stored timestamp is ``moment`` (to the millisecond; naive = UTC)."""
+    """Whether a stored timestamp is ``moment``, to the microsecond (both databases keep it; naive
+    = UTC). Only a retry asks (:class:`_Tries`): on a first try an equal timestamp is another
+    delivery's write, however close in time."""
     if stored is None:
         return False
     if stored.tzinfo is None:
         stored = stored.replace(tzinfo=UTC)
-    return abs((stored - moment).total_seconds()) < 1e-3
+    return abs((stored - moment).total_seconds()) < 5e-7
+
+
+class _Tries:
+    """Counts the tries of a :func:`retrying` transaction: ``retry`` is true from the second on,
+    when a write of an earlier try may have committed although its reply was lost."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def next(self) -> None:
+        self.count += 1
+
+    @property
+    def retry(self) -> bool:
+        return self.count > 1
 
 
 def _load(ctx: StepContext, job_id: str) -> Job | None:
@@ -362,13 +379,15 @@ def _claim_if_complete(ctx: StepContext, job: Job) -> bool:
     """When every task has a result, claim the analysis; ``True`` for the one caller that wins."""
 
     claimed_at = utcnow()  # the same on every try: a retry recognises its own claim
+    tries = _Tries()
 
     def claim() -> bool:
+        tries.next()
         with ctx.sessionmaker() as session:
             if not set(_task_names(job)) <= _done_tasks(session, job.id, _seed(job)):
                 return False
             claimed = repository.claim_analysis(session=session, job_id=job.id, now=claimed_at)
-            if not claimed:  # an earlier try's claim may have committed before its reply was lost
+            if not claimed and tries.retry:  # an earlier try's claim may have committed
                 row = repository.load_job(session=session, job_id=job.id)
                 claimed = (
                     row is not None
@@ -398,14 +417,17 @@ def start_job(ctx: StepContext, job_id: str, *, now: datetime | None = None) -> 
     now = now or utcnow()
     timeout = timedelta(seconds=ctx.settings.heartbeat_timeout_s)
 
+    tries = _Tries()
+
     def take() -> tuple[Job | None, str | None]:
         """Mark the job running; the job (None: nothing to do) and what ends it instead."""
+        tries.next()
         with ctx.sessionmaker() as session:
             job = repository.load_job(session=session, job_id=job_id)
             if job is None or job.status in TERMINAL_STATUSES:
                 return None, None
             if job.status == "running":
-                if _same_instant(job.heartbeat_at, now):
+                if tries.retry and _same_instant(job.heartbeat_at, now):
                     # Our own mark_running, committed on an earlier try whose reply was lost.
                     return job, None
                 last = job.heartbeat_at or job.started_at or job.created_at
