@@ -225,8 +225,11 @@ def test_postgres_restarted_while_a_job_runs(
         job = poll(api, key, job_id, lambda j: j["status"] in TERMINAL, 300)
         assert job["status"] == "succeeded", f"{job}\n{log.read_text()[-3000:]}"
         assert job["attempts"] == 1
-        # The outage reached the worker: its writes failed meanwhile, and it carried on.
-        assert "progress not written" in log.read_text()
+        # The outage reached the worker: its writes failed meanwhile, and it carried on. Which
+        # write it met depends on the moment: a progress write mid-training (skipped), or the
+        # result of a fine-tune that had just finished (retried until the database was back).
+        worker_log = log.read_text()
+        assert "progress not written" in worker_log or "database unreachable" in worker_log
         after_rows = rows(postgres.url)
         assert after_rows["datasets"] == before_rows["datasets"]  # the failed upload left nothing
         assert files(data_dir / "artifacts" / "uploads") == before_files
