@@ -414,8 +414,11 @@ def cmd_fast(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    wanted = set(filter(None, args.only.split(",")))
     for case in SUITES[args.suite]():
         path = OUT / f"{case.name}.json"
+        if wanted and case.name not in wanted:
+            continue
         if not path.is_file() or "seconds" not in json.loads(path.read_text()):
             continue
         if "fast" in json.loads(path.read_text()) and not args.again:
@@ -469,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     fast.add_argument("--fraction", type=float, default=0.25, help="share of fine-tune steps")
     fast.add_argument("--threads", type=int, default=0)
     fast.add_argument("--again", action="store_true", help="recompute existing fast evidence")
+    fast.add_argument("--only", default="", help="comma-separated case names (exact)")
     rep = sub.add_parser("report", help="fit and judge the thresholds and p_match; print tables")
     rep.add_argument("--out", type=Path, default=Path("bench/out/quality-report.json"))
     rep.add_argument(
