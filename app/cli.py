@@ -305,18 +305,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def example_path(name: str = "tickets") -> tuple[Path, list[list[str]]]:
-    """The bundled example dataset and its planted grouping."""
-    from importlib.resources import files
-
-    folder = Path(str(files("models") / "examples"))
-    planted = json.loads((folder / f"{name}.planted.json").read_text())["grouping"]
-    return folder / f"{name}.csv", planted
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.service:
         return cmd_demo_service(args)
+    from models.data import example_path
+
     data, planted = example_path()
     argv = [
         "analyze",
@@ -608,6 +601,7 @@ def cmd_demo_service(args: argparse.Namespace) -> int:
     import httpx
 
     from app.client import ProgressBar, ServiceClient, ServiceError
+    from models.data import example_path
     from models.summary import render
 
     data, planted = example_path()

@@ -222,12 +222,12 @@ def bench_job(args: argparse.Namespace, device: torch.device, memory: dict[str, 
     verification on; the stage timings the recommendation itself reports."""
     import pandas as pd
 
+    from models.data import example_path
     from models.options import DatasetSpec, JobSpec, TaskSpec
     from models.pipeline import run_job
 
-    folder = Path(__file__).resolve().parents[1] / "models" / "examples"
-    frame = pd.read_csv(folder / "tickets.csv")
-    planted = json.loads((folder / "tickets.planted.json").read_text())["grouping"]
+    data, planted = example_path()
+    frame = pd.read_csv(data)
     names = [t for group in planted for t in group]
     smoke = device.type == "cpu"  # --allow-cpu: 96 rows, 2 steps a model, to check the script
     epochs = 1 if smoke else 3

@@ -96,7 +96,8 @@ from bench_service import (
 )
 from machine import machine_info, stop_on_sigterm
 
-from app.cli import _RUN_CLI, create_key_via_cli, example_path, free_port
+from app.cli import _RUN_CLI, create_key_via_cli, free_port
+from models.data import example_path
 
 ROUTES = {
     "rec": ("GET", "/recommendations/{id}"),

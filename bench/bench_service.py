@@ -44,8 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 from machine import machine_info, stop_on_sigterm
 
-from app.cli import _RUN_CLI, create_key_via_cli, example_path, free_port, wait_until_ready
+from app.cli import _RUN_CLI, create_key_via_cli, free_port, wait_until_ready
 from app.db import make_engine, make_sessionmaker, normalise_url, upgrade
+from models.data import example_path
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

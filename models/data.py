@@ -56,6 +56,7 @@ __all__ = [
     "build_task",
     "describe_labels",
     "detect_format",
+    "example_path",
     "is_missing",
     "load_dataset",
     "normalise_label",
@@ -1065,3 +1066,12 @@ def describe_labels(
             continue
         result[str(column)] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     return result
+
+
+def example_path(name: str = "tickets") -> tuple[Path, list[list[str]]]:
+    """The bundled example dataset (``models/examples``) and its planted grouping."""
+    from importlib.resources import files
+
+    folder = Path(str(files("models") / "examples"))
+    planted = json.loads((folder / f"{name}.planted.json").read_text())["grouping"]
+    return folder / f"{name}.csv", planted

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -211,28 +212,13 @@ def retrying(ctx: StepContext, what: str, transaction: Callable[[], T]) -> T:
 
 def _same_instant(stored: datetime | None, moment: datetime) -> bool:
     """Whether a stored timestamp is ``moment``, to the microsecond (both databases keep it; naive
-    = UTC). Only a retry asks (:class:`_Tries`): on a first try an equal timestamp is another
-    delivery's write, however close in time."""
+    = UTC). Only a retry asks: on a first try an equal timestamp is another delivery's write,
+    however close in time."""
     if stored is None:
         return False
     if stored.tzinfo is None:
         stored = stored.replace(tzinfo=UTC)
     return abs((stored - moment).total_seconds()) < 5e-7
-
-
-class _Tries:
-    """Counts the tries of a :func:`retrying` transaction: ``retry`` is true from the second on,
-    when a write of an earlier try may have committed although its reply was lost."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def next(self) -> None:
-        self.count += 1
-
-    @property
-    def retry(self) -> bool:
-        return self.count > 1
 
 
 def _load(ctx: StepContext, job_id: str) -> Job | None:
@@ -379,15 +365,15 @@ def _claim_if_complete(ctx: StepContext, job: Job) -> bool:
     """When every task has a result, claim the analysis; ``True`` for the one caller that wins."""
 
     claimed_at = utcnow()  # the same on every try: a retry recognises its own claim
-    tries = _Tries()
+    tries = itertools.count(1)  # a retry: a write of an earlier try may have committed
 
     def claim() -> bool:
-        tries.next()
+        retry = next(tries) > 1
         with ctx.sessionmaker() as session:
             if not set(_task_names(job)) <= _done_tasks(session, job.id, _seed(job)):
                 return False
             claimed = repository.claim_analysis(session=session, job_id=job.id, now=claimed_at)
-            if not claimed and tries.retry:  # an earlier try's claim may have committed
+            if not claimed and retry:  # an earlier try's claim may have committed
                 row = repository.load_job(session=session, job_id=job.id)
                 claimed = (
                     row is not None
@@ -417,17 +403,17 @@ def start_job(ctx: StepContext, job_id: str, *, now: datetime | None = None) -> 
     now = now or utcnow()
     timeout = timedelta(seconds=ctx.settings.heartbeat_timeout_s)
 
-    tries = _Tries()
+    tries = itertools.count(1)  # a retry: a write of an earlier try may have committed
 
     def take() -> tuple[Job | None, str | None]:
         """Mark the job running; the job (None: nothing to do) and what ends it instead."""
-        tries.next()
+        retry = next(tries) > 1
         with ctx.sessionmaker() as session:
             job = repository.load_job(session=session, job_id=job_id)
             if job is None or job.status in TERMINAL_STATUSES:
                 return None, None
             if job.status == "running":
-                if tries.retry and _same_instant(job.heartbeat_at, now):
+                if retry and _same_instant(job.heartbeat_at, now):
                     # Our own mark_running, committed on an earlier try whose reply was lost.
                     return job, None
                 last = job.heartbeat_at or job.started_at or job.created_at
