@@ -371,6 +371,124 @@ def run_case(case: Case, *, resume: bool, device: str = "cpu") -> dict[str, Any]
     return result
 
 
+def extend_case(case: Case, target: int) -> dict[str, Any]:
+    """Add verification seeds to a measured case until it has ``target``: fine-tune the STL models
+    and train every group's MTL model for the new seeds only, then compare each group again over
+    all its seeds (``compare_group``, as stage 5 does). The seeds already measured keep their
+    stored macro-F1s; the bootstrap part of the tolerance, which needs predictions, is taken from
+    the first new seed's models instead of seed 0's (the same estimate on another seed). The
+    analysis (seed 0's evidence) is unchanged. Each group's earlier comparison is kept under
+    ``before``. Resumable: the file is written after every group."""
+    from models.pipeline import Progress, prepare, run_finetunes
+    from models.verify import MTLResult, compare_group, train_mtl
+
+    path = OUT / f"{case.name}.json"
+    result = json.loads(path.read_text())
+    old = list(result.get("measured_seeds", result["seeds"]))
+    if len(old) >= target:
+        return result
+    new = [case.training.seed + k for k in range(len(old), target)]
+    frame, tasks, _ = case.load()
+    spec = JobSpec(
+        datasets=[DatasetSpec(case.dataset, frame, "text")],
+        tasks=[TaskSpec(t, case.dataset, t) for t in tasks],
+        model_name=case.model,
+        model_dir=model_dir(case.model),
+        training=case.training,
+        analysis=AnalysisConfig(device="cpu"),
+    )
+    t0 = time.perf_counter()
+    job = prepare(spec)
+    tracker = Progress(None, {"finetune": 1.0})
+    tracker.start("finetune")
+    run_finetunes(job, tracker, None, None, seeds=new)
+    old_stl = {n: result["stl"][n][: len(old)] for n in tasks}
+    result["measured_seeds"] = old
+    result["seeds"] = old + new
+    result["stl"] = {n: old_stl[n] + [r.macro_f1 for r in job.stl[n]] for n in tasks}
+    for k, entry in enumerate(result["groups"], 1):
+        if entry["seeds"] and len(entry["seeds"]) >= target:
+            continue  # extended before this run was interrupted
+        group = entry["tasks"]
+        runs = [
+            train_mtl(
+                pretrained=job.encoder,
+                tasks={n: job.tokenized[n] for n in group},
+                cfg=case.training,
+                device=job.device,
+                pad_id=job.pad_id,
+                seed=seed,
+            )
+            for seed in new
+        ]
+        stored = [
+            MTLResult(
+                tasks=list(group),
+                macro_f1={n: entry["mtl"][n][i] for n in group},
+                accuracy={},
+                val_preds={},
+                steps=entry["steps_per_seed"],
+                seconds=0.0,
+                seed=seed,
+            )
+            for i, seed in enumerate(old)
+        ]
+        stl = {
+            n: [(r.macro_f1, r.val_preds) for r in job.stl[n]] + [(f1, []) for f1 in old_stl[n]]
+            for n in group
+        }
+        again = compare_group(
+            group,
+            job.tokenized,
+            stl,
+            runs + stored,
+            tolerance=spec.analysis.tolerance,
+            predicted=entry["predicted"],
+        )
+        before = {key: entry[key] for key in ("matches", "outcome", "per_task", "seeds")}
+        again["seeds"] = old + new
+        again["steps"] = entry["steps"] + sum(r.steps for r in runs)
+        again["seconds"] = entry["seconds"] + sum(r.seconds for r in runs)
+        again["mtl"] = {
+            n: entry["mtl"][n][: len(old)] + [r.macro_f1[n] for r in runs] for n in group
+        }
+        again["steps_per_seed"] = entry["steps_per_seed"]
+        again["bootstrap_seed"] = new[0]
+        again["before"] = before
+        result["groups"][k - 1] = again
+        path.write_text(json.dumps(result, indent=1))
+        deltas = " ".join(f"{p['task']}={100 * p['delta']:+.1f}" for p in again["per_task"])
+        flipped = " (was " + ("matches" if before["matches"] else "LOSES") + ")"
+        print(
+            f"  [{case.name} {k}/{len(result['groups'])}] {'+'.join(group)}: "
+            f"{'matches' if again['matches'] else 'LOSES'}"
+            f"{flipped if before['matches'] != again['matches'] else ''} ({deltas})",
+            file=sys.stderr,
+            flush=True,
+        )
+    result["extend_seconds"] = result.get("extend_seconds", 0.0) + time.perf_counter() - t0
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def cmd_extend(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    wanted = [w for w in args.only.split(",") if w]
+    cases = {c.name: c for c in SUITES[args.suite]()}
+    for name in wanted or list(cases):
+        path = OUT / f"{name}.json"
+        if name not in cases or not path.is_file() or "seconds" not in json.loads(path.read_text()):
+            print(f"{name}: not a measured case, skipped", file=sys.stderr)
+            continue
+        start = time.perf_counter()
+        extend_case(cases[name], args.seeds)
+        print(f"{name}: {args.seeds} seeds, {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return 0
+
+
 def run_fast(case: Case, fraction: float) -> dict[str, Any]:
     """Fast mode's evidence for a measured case: the analysis on early-stopped fine-tunes (each
     capped at ``fraction`` of its steps, Standley et al.'s early-stopping approximation), stored
@@ -473,6 +591,11 @@ def main(argv: list[str] | None = None) -> int:
     fast.add_argument("--threads", type=int, default=0)
     fast.add_argument("--again", action="store_true", help="recompute existing fast evidence")
     fast.add_argument("--only", default="", help="comma-separated case names (exact)")
+    ext = sub.add_parser("extend", help="add verification seeds to measured cases (resumable)")
+    ext.add_argument("--suite", default="default", choices=sorted(SUITES))
+    ext.add_argument("--seeds", type=int, default=5, help="seeds per comparison wanted")
+    ext.add_argument("--threads", type=int, default=0)
+    ext.add_argument("--only", default="", help="comma-separated case names (exact), in order")
     rep = sub.add_parser("report", help="fit and judge the thresholds and p_match; print tables")
     rep.add_argument("--out", type=Path, default=Path("bench/out/quality-report.json"))
     rep.add_argument(
@@ -483,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args)
     if args.command == "fast":
         return cmd_fast(args)
+    if args.command == "extend":
+        return cmd_extend(args)
     from quality_report import report
 
     return report(OUT, args.out, ship=args.ship)
