@@ -62,7 +62,9 @@ PAIR_KEYS = (
     "grad_cosine",
     "conflict_rate",
     "tag_affinity",
+    "grad_cosine_per_layer",
 )
+TASK_KEYS = ("name", "n_train", "n_val", "classes", "cka_to_pretrained")
 
 
 @dataclass
@@ -320,6 +322,7 @@ def run_case(case: Case, *, resume: bool, device: str = "cpu") -> dict[str, Any]
         "stl_steps": stl_steps,
         "recommendation": {
             "pairs": [{k: p[k] for k in PAIR_KEYS} for p in rec["pairs"]],
+            "tasks": [{k: t[k] for k in TASK_KEYS} for t in rec["tasks"]],
             "grouping": rec["grouping"],
             "thresholds": rec["settings"]["thresholds"],
             "alignment": rec["settings"]["alignment"],
@@ -471,6 +474,67 @@ def extend_case(case: Case, target: int) -> dict[str, Any]:
     return result
 
 
+def reanalyze_case(case: Case) -> dict[str, Any]:
+    """Seed 0's evidence again, with every key the runner now stores (per-task CKA to the
+    pretrained encoder, per-layer gradient cosines), for a case measured before they were kept.
+    The fine-tunes are retrained with seed 0 and the analysis rerun; the stored evidence is kept
+    under ``recommendation_before`` and the largest difference from it is printed (zero when
+    training is deterministic on this machine)."""
+    from models.pipeline import Progress, analyze, prepare, run_finetunes
+
+    path = OUT / f"{case.name}.json"
+    result = json.loads(path.read_text())
+    frame, tasks, _ = case.load()
+    spec = JobSpec(
+        datasets=[DatasetSpec(case.dataset, frame, "text")],
+        tasks=[TaskSpec(t, case.dataset, t) for t in tasks],
+        model_name=case.model,
+        model_dir=model_dir(case.model),
+        training=case.training,
+        analysis=AnalysisConfig(device="cpu", thresholds=_thresholds(result)),
+    )
+    job = prepare(spec)
+    tracker = Progress(None, {"finetune": 1.0})
+    tracker.start("finetune")
+    run_finetunes(job, tracker, None, None, seeds=[case.training.seed])
+    rec = analyze(job)
+    before = result["recommendation"]
+    after = {
+        **before,
+        "pairs": [{k: p[k] for k in PAIR_KEYS} for p in rec["pairs"]],
+        "tasks": [{k: t[k] for k in TASK_KEYS} for t in rec["tasks"]],
+    }
+    diff = max(
+        abs(a[k] - b[k])
+        for a, b in zip(before["pairs"], after["pairs"], strict=True)
+        for k in ("cka_min", "grad_cosine", "conflict_rate")
+    )
+    result.setdefault("recommendation_before", before)
+    result["recommendation"] = after
+    path.write_text(json.dumps(result, indent=1))
+    print(f"{case.name}: evidence again, largest difference {diff:.2e}", file=sys.stderr)
+    return result
+
+
+def _thresholds(result: dict[str, Any]) -> Any:
+    from models.grouping import Thresholds
+
+    return Thresholds(**result["recommendation"]["thresholds"])
+
+
+def cmd_reanalyze(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cases = {c.name: c for c in SUITES[args.suite]()}
+    for name in [w for w in args.only.split(",") if w] or list(cases):
+        path = OUT / f"{name}.json"
+        if name in cases and path.is_file() and "seconds" in json.loads(path.read_text()):
+            reanalyze_case(cases[name])
+    return 0
+
+
 def cmd_extend(args: argparse.Namespace) -> int:
     if args.threads:
         import torch
@@ -596,6 +660,10 @@ def main(argv: list[str] | None = None) -> int:
     ext.add_argument("--seeds", type=int, default=5, help="seeds per comparison wanted")
     ext.add_argument("--threads", type=int, default=0)
     ext.add_argument("--only", default="", help="comma-separated case names (exact), in order")
+    rea = sub.add_parser("reanalyze", help="recompute seed 0's evidence with every key stored")
+    rea.add_argument("--suite", default="default", choices=sorted(SUITES))
+    rea.add_argument("--threads", type=int, default=0)
+    rea.add_argument("--only", default="", help="comma-separated case names (exact), in order")
     rep = sub.add_parser("report", help="fit and judge the thresholds and p_match; print tables")
     rep.add_argument("--out", type=Path, default=Path("bench/out/quality-report.json"))
     rep.add_argument(
@@ -608,6 +676,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_fast(args)
     if args.command == "extend":
         return cmd_extend(args)
+    if args.command == "reanalyze":
+        return cmd_reanalyze(args)
     from quality_report import report
 
     return report(OUT, args.out, ship=args.ship)
