@@ -181,6 +181,17 @@ def judge_cases(
                 if case["planted"] is None
                 else same_partition(rec, case["planted"]),
                 "median_seed_spread_points": 100 * statistics.median(spreads),
+                "seeds": min(len(g["seeds"]) for g in case["groups"]),
+                # Groups whose measured outcome changed when more seeds were added (`extend`).
+                "remeasured": sum("before" in g for g in case["groups"]),
+                "now_lose": sum(
+                    "before" in g and g["before"]["matches"] and not g["matches"]
+                    for g in case["groups"]
+                ),
+                "now_match": sum(
+                    "before" in g and not g["before"]["matches"] and g["matches"]
+                    for g in case["groups"]
+                ),
                 "cost": cost(case),
             }
         )
@@ -413,16 +424,25 @@ def print_tables(part: dict[str, Any]) -> None:
             f"{fmt(f['balanced_accuracy_p_match'])} (full: {fmt(g['balanced_accuracy_p_match'])})"
             f", Brier {fmt(f['brier_p_match'], '.3f')} (full: {fmt(g['brier_p_match'], '.3f')})"
         )
+    rows = part["rows"]
+    again = sum(r["remeasured"] for r in rows)
+    if again:
+        print(
+            f"re-measured with more seeds: {again} groups; the measured outcome changed for "
+            f"{sum(r['now_lose'] + r['now_match'] for r in rows)} "
+            f"({sum(r['now_lose'] for r in rows)} now lose, "
+            f"{sum(r['now_match'] for r in rows)} now match)"
+        )
     print(
-        "\n| case | groups (lose) | confirmed | bal. acc. | regret F1 pts | planted | "
+        "\n| case | seeds | groups (lose) | confirmed | bal. acc. | regret F1 pts | planted | "
         "seed spread pts | steps vs brute / HOA / TAG | fast vs brute |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in part["rows"]:
         c = r["cost"]
         planted = {None: "–", True: "yes", False: "no"}[r["planted_recovered"]]
         print(
-            f"| {r['case']}{'' if r['complete'] else ' (partial)'} | {r['groups']} "
+            f"| {r['case']}{'' if r['complete'] else ' (partial)'} | {r['seeds']} | {r['groups']} "
             f"({r['losing_groups']}) | {r['confirmed']}/{r['groups']} | "
             f"{fmt(r['balanced_accuracy'])} | {fmt(r['regret_points'], '.1f')} | {planted} | "
             f"{r['median_seed_spread_points']:.1f} | {fmt(c['ratio_brute_force'], '.3f')} / "
