@@ -40,6 +40,7 @@ __all__ = [
     "database_url",
     "default_database_url",
     "downgrade",
+    "for_writes",
     "is_sqlite",
     "make_engine",
     "make_sessionmaker",
@@ -58,6 +59,10 @@ MIGRATIONS_DIR = _REPO_ROOT / "migrations"
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 """How long a SQLite connection waits for another writer's lock before raising."""
+
+SQLITE_BEGIN_OPTION = "taskgrouper_sqlite_begin"
+"""Execution option naming the SQLite ``BEGIN`` mode of a connection's transactions
+(``"IMMEDIATE"``: take the write lock at BEGIN); see :func:`for_writes`."""
 
 
 class _HasDataDir(Protocol):
@@ -156,7 +161,8 @@ def _install_sqlite_hooks(engine: Engine, *, foreign_keys: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        mode = connection.get_execution_options().get(SQLITE_BEGIN_OPTION)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
 
 
 def make_engine(url: str, *, foreign_keys: bool = True, **kwargs: Any) -> Engine:
@@ -180,13 +186,30 @@ def make_engine(url: str, *, foreign_keys: bool = True, **kwargs: Any) -> Engine
     return create_engine(url, **kwargs)
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+def for_writes(engine: Engine) -> Engine:
+    """``engine`` for transactions that write: on SQLite, the same engine (same pool) whose
+    transactions begin with ``BEGIN IMMEDIATE``; any other database, ``engine`` itself.
+
+    A deferred SQLite transaction that reads and then writes must upgrade its read lock; when
+    another connection has committed a write since the read began, SQLite refuses at once
+    (``database is locked``, without waiting out the busy timeout), so two requests that each
+    read and then insert (two job submissions) failed whenever they overlapped. Taking the
+    write lock at BEGIN makes such transactions queue for it instead, within
+    :data:`SQLITE_BUSY_TIMEOUT_S`. Reads keep plain deferred transactions, which never block.
+    """
+    if engine.dialect.name != "sqlite":
+        return engine
+    return engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+
+
+def make_sessionmaker(engine: Engine, *, writes: bool = False) -> sessionmaker[Session]:
     """A session factory whose objects stay readable after commit (``expire_on_commit=False``).
 
     Routes return rows after committing them; without this every attribute access would
-    reload the row (or fail once the session is closed).
+    reload the row (or fail once the session is closed). ``writes=True`` binds the sessions to
+    :func:`for_writes` of ``engine`` (the workers: nearly every transaction of theirs writes).
     """
-    return sessionmaker(bind=engine, expire_on_commit=False)
+    return sessionmaker(bind=for_writes(engine) if writes else engine, expire_on_commit=False)
 
 
 def alembic_config(url: str) -> Config:

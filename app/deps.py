@@ -36,11 +36,13 @@ from typing import Annotated, Any
 import anyio
 from fastapi import Depends, Path, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app import repository
 from app.caches import ApiKeyCache
+from app.db import for_writes
 from app.errors import ApiError
 from app.queue import JobQueue
 from app.settings import Settings
@@ -95,6 +97,9 @@ class Limits:
         return cls(**values)
 
 
+_READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 async def get_session(request: Request) -> AsyncIterator[Session]:
     """A session for one request, closed at the end (which rolls back what was not committed).
 
@@ -108,6 +113,8 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     slots: anyio.Semaphore | None = getattr(request.app.state, "db_slots", None)
     async with slots if slots is not None else contextlib.nullcontext():
         session: Session = request.app.state.sessionmaker()
+        if request.method not in _READ_ONLY_METHODS and isinstance(session.bind, Engine):
+            session.bind = for_writes(session.bind)  # SQLite: queue for the write lock
         try:
             yield session
         finally:

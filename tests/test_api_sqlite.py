@@ -5,14 +5,24 @@ The torch check runs in a fresh subprocess: this pytest process has torch loaded
 
 from __future__ import annotations
 
+import collections
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session
 
-from tests.test_api import build_api, csv_bytes
+from app import repository
+from app.db import for_writes, make_engine, make_sessionmaker, upgrade
+from app.main import create_app
+from app.queue import NullQueue
+from tests.test_api import build_api, csv_bytes, make_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,3 +110,82 @@ def test_the_api_process_never_imports_torch(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "TORCH-FREE OK" in result.stdout
+
+
+def _embedded_app(tmp_path: Path, **limits: Any) -> tuple[TestClient, dict[str, str], Engine]:
+    """An app on its own SQLite file, each request with a session of its own (as served)."""
+    url = f"sqlite:///{tmp_path / 'tg.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    maker = make_sessionmaker(engine)
+    with maker() as session:
+        _, key = repository.create_api_key(session=session, name="alice")
+        session.commit()
+    settings = make_settings(tmp_path, api_key_cache_ttl_s=3600.0, **limits)
+    app = create_app(settings, queue=NullQueue(), session_factory=maker)
+    return TestClient(app), {"Authorization": f"Bearer {key}"}, engine
+
+
+@pytest.mark.parametrize("limit", [4, 100])
+def test_concurrent_submissions_on_sqlite_queue_for_the_write_lock(
+    tmp_path: Path, limit: int
+) -> None:
+    # A submission reads (quota, idempotency key, datasets) and then inserts. In a deferred
+    # SQLite transaction, another request's commit in between made the insert fail at once with
+    # "database is locked" (a 503 to 40 of 48 such requests here); write requests now begin
+    # IMMEDIATE and wait for the lock instead, and the per-owner quota holds exactly.
+    client, auth, engine = _embedded_app(tmp_path, max_active_jobs_per_owner=limit)
+    codes: list[int] = []
+    with client:
+        upload = client.post("/datasets", files={"file": ("t.csv", csv_bytes())}, headers=auth)
+        assert upload.status_code == 201, upload.text
+        dataset_id = upload.json()["id"]
+
+        def submit(worker: int) -> None:
+            for k in range(5):
+                body = {
+                    "dataset_id": dataset_id,
+                    "text_column": "text",
+                    "tasks": ["sentiment", "topic"],
+                    "training": {"epochs": 1, "probe_size": 16, "seed": 10 * worker + k},
+                }
+                codes.append(client.post("/jobs", json=body, headers=auth).status_code)
+                more = client.post(
+                    "/datasets", files={"file": ("t.csv", csv_bytes())}, headers=auth
+                )
+                codes.append(more.status_code)
+
+        threads = [threading.Thread(target=submit, args=(w,)) for w in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    engine.dispose()
+    accepted = min(limit, 40)
+    assert sorted(collections.Counter(codes).items()) == sorted(
+        {201: 40, 202: accepted, **({429: 40 - accepted} if accepted < 40 else {})}.items()
+    )
+
+
+def test_only_write_transactions_begin_immediate_on_sqlite(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'tg.db'}")
+    seen: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    event.listen(  # the driver's own BEGIN is sent outside the cursor hooks
+        engine, "begin", lambda conn: seen.append("begin")
+    )
+    with make_sessionmaker(engine)() as session:
+        session.execute(text("SELECT 1"))
+    with make_sessionmaker(engine, writes=True)() as session:
+        session.execute(text("SELECT 1"))
+    with for_writes(engine).connect() as conn, conn.begin():
+        conn.execute(text("SELECT 1"))
+    engine.dispose()
+    begins = [s for s in seen if s.startswith("BEGIN")]
+    assert begins == ["BEGIN", "BEGIN IMMEDIATE", "BEGIN IMMEDIATE"]
+
+
+def test_for_writes_leaves_other_databases_alone() -> None:
+    engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert for_writes(engine) is engine
+    engine.dispose()

@@ -67,7 +67,7 @@ def run_local_worker(
     engine = make_engine(database_url(settings))
     ctx = steps.StepContext(
         settings=settings,
-        sessionmaker=make_sessionmaker(engine),
+        sessionmaker=make_sessionmaker(engine, writes=True),
         hostname=f"local@{socket.gethostname()}",
         stop_requested=stop.is_set,
     )

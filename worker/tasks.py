@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 @lru_cache(maxsize=1)
 def _sessionmaker() -> sessionmaker[Session]:
     settings = get_settings()
-    return make_sessionmaker(make_engine(database_url(settings)))
+    return make_sessionmaker(make_engine(database_url(settings)), writes=True)
 
 
 def _context(task: Task[Any, Any]) -> steps.StepContext:
