@@ -104,6 +104,7 @@ __all__ = [
     "list_datasets",
     "list_jobs",
     "load_job",
+    "lock_owner_submissions",
     "mark_requeued",
     "mark_running",
     "next_queued_job",
@@ -849,6 +850,20 @@ def stale_running_jobs(*, session: Session, older_than: datetime) -> list[Job]:
         .order_by(last_seen, Job.id)
     )
     return list(session.scalars(stmt))
+
+
+def lock_owner_submissions(*, session: Session, owner: str) -> None:
+    """Serialise the owner's job submissions until this transaction ends, so that the
+    per-owner quota (count the active jobs, then insert one) holds under concurrent requests.
+
+    PostgreSQL: a transaction-scoped advisory lock on a hash of the owner (other owners are
+    not held up; a hash collision only makes two owners wait for each other). SQLite: nothing
+    to do, a writing request's transaction holds the database's write lock from its BEGIN
+    (:func:`app.db.for_writes`).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        key = literal(f"taskgrouper.submit:{owner}")
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
 
 
 def count_active_jobs(*, session: Session, owner: str) -> int:

@@ -731,3 +731,35 @@ def test_concurrent_idempotency_key_race(pg_engine: Engine) -> None:
             cleanup.execute(delete(Job).where(Job.owner == owner))
             cleanup.execute(delete(Dataset).where(Dataset.owner == owner))
             cleanup.commit()
+
+
+@pytest.mark.postgres
+def test_submissions_of_one_owner_are_serialised(pg_engine: Engine) -> None:
+    """Count-then-insert holds the quota: a second submission of the same owner waits for the
+    first's transaction to end before it counts; another owner's does not wait."""
+    owner = f"quota-{datetime.now(UTC).timestamp()}"
+    factory = make_sessionmaker(pg_engine)
+    counted: list[int] = []
+    with factory() as first:
+        repo.lock_owner_submissions(session=first, owner=owner)
+        with factory() as other:  # another owner: not held up
+            repo.lock_owner_submissions(session=other, owner=owner + "-other")
+            other.rollback()
+
+        def second_request() -> None:
+            with factory() as second:
+                repo.lock_owner_submissions(session=second, owner=owner)
+                counted.append(repo.count_active_jobs(session=second, owner=owner))
+
+        thread = threading.Thread(target=second_request)
+        thread.start()
+        assert _wait_for_lock_wait(pg_engine), "the second submission should wait on the first"
+        assert not counted
+        first.commit()
+        thread.join(10)
+    assert counted == [0]
+
+
+def test_lock_owner_submissions_is_a_no_op_on_sqlite(sqlite_session: Session) -> None:
+    repo.lock_owner_submissions(session=sqlite_session, owner="alice")
+    assert repo.count_active_jobs(session=sqlite_session, owner="alice") == 0

@@ -383,6 +383,7 @@ def create_job(
         raise ApiError(422, str(exc), field="model") from None
     plan = _resolve(body, owner, session, limits)
     normalised = _normalised_request(body, plan)
+    repository.lock_owner_submissions(session=session, owner=owner)
     active = repository.count_active_jobs(session=session, owner=owner)
     if active >= limits.max_active_jobs_per_owner:
         raise ApiError(
