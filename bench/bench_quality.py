@@ -17,7 +17,15 @@ fits the thresholds and ``p_match`` with leave-one-dataset-out folds (``models.c
 and prints the verdict accuracy, regret, planted-grouping recovery and cost tables.
 
     .venv/bin/python bench/bench_quality.py run --suite default [--only NAME] [--resume]
+    .venv/bin/python bench/bench_quality.py extend --seeds 5 [--only NAME,...]
+    .venv/bin/python bench/bench_quality.py reanalyze [--only NAME,...]
+    .venv/bin/python bench/bench_quality.py fast [--only NAME,...]
     .venv/bin/python bench/bench_quality.py report [--ship]
+
+``extend`` adds verification seeds to measured cases (the new seeds only are trained; each
+group's earlier comparison is kept under ``before``). ``reanalyze`` recomputes seed 0's evidence
+with every key the runner now keeps, for cases measured before those keys were stored. ``fast``
+adds fast-mode evidence (early-stopped fine-tunes) beside the full evidence.
 
 Cases (``--suite default``):
 - ``synth-tiny-*``: planted synthetic tickets (``models.synth``) at noise 0.05 / 0.15 / 0.3 and 4 or
