@@ -275,6 +275,27 @@ def model_dir(model: str) -> Path:
     raise ValueError(f"unknown benchmark model {model!r}")
 
 
+def case_spec(
+    case: Case,
+    frame: pd.DataFrame,
+    tasks: list[str],
+    *,
+    training: TrainingConfig | None = None,
+    analysis: AnalysisConfig | None = None,
+) -> JobSpec:
+    """The job a case runs: its one dataset (text column ``text``), one task per label column, its
+    base model and training settings (``training`` overrides them), analysis on the CPU unless
+    ``analysis`` says otherwise."""
+    return JobSpec(
+        datasets=[DatasetSpec(case.dataset, frame, "text")],
+        tasks=[TaskSpec(t, case.dataset, t) for t in tasks],
+        model_name=case.model,
+        model_dir=model_dir(case.model),
+        training=training or case.training,
+        analysis=analysis or AnalysisConfig(device="cpu"),
+    )
+
+
 def groups_of(tasks: list[str], mode: str) -> list[list[str]]:
     if mode == "pairs":
         return [list(p) for p in itertools.combinations(tasks, 2)] + [list(tasks)]
@@ -291,12 +312,10 @@ def run_case(case: Case, *, resume: bool, device: str = "cpu") -> dict[str, Any]
     path = OUT / f"{case.name}.json"
     previous = json.loads(path.read_text()) if resume and path.is_file() else None
     frame, tasks, planted = case.load()
-    spec = JobSpec(
-        datasets=[DatasetSpec(case.dataset, frame, "text")],
-        tasks=[TaskSpec(t, case.dataset, t) for t in tasks],
-        model_name=case.model,
-        model_dir=model_dir(case.model),
-        training=case.training,
+    spec = case_spec(
+        case,
+        frame,
+        tasks,
         analysis=AnalysisConfig(device=device),  # type: ignore[arg-type]  # argparse choices
     )
     t0 = time.perf_counter()
@@ -400,14 +419,7 @@ def extend_case(case: Case, target: int) -> dict[str, Any]:
         return result
     new = [case.training.seed + k for k in range(len(old), target)]
     frame, tasks, _ = case.load()
-    spec = JobSpec(
-        datasets=[DatasetSpec(case.dataset, frame, "text")],
-        tasks=[TaskSpec(t, case.dataset, t) for t in tasks],
-        model_name=case.model,
-        model_dir=model_dir(case.model),
-        training=case.training,
-        analysis=AnalysisConfig(device="cpu"),
-    )
+    spec = case_spec(case, frame, tasks)
     t0 = time.perf_counter()
     job = prepare(spec)
     tracker = Progress(None, {"finetune": 1.0})
@@ -493,13 +505,8 @@ def reanalyze_case(case: Case) -> dict[str, Any]:
     path = OUT / f"{case.name}.json"
     result = json.loads(path.read_text())
     frame, tasks, _ = case.load()
-    spec = JobSpec(
-        datasets=[DatasetSpec(case.dataset, frame, "text")],
-        tasks=[TaskSpec(t, case.dataset, t) for t in tasks],
-        model_name=case.model,
-        model_dir=model_dir(case.model),
-        training=case.training,
-        analysis=AnalysisConfig(device="cpu", thresholds=_thresholds(result)),
+    spec = case_spec(
+        case, frame, tasks, analysis=AnalysisConfig(device="cpu", thresholds=_thresholds(result))
     )
     job = prepare(spec)
     tracker = Progress(None, {"finetune": 1.0})
@@ -572,14 +579,7 @@ def run_fast(case: Case, fraction: float) -> dict[str, Any]:
     result = json.loads(path.read_text())
     frame, tasks, _ = case.load()
     capped = dataclasses.replace(case.training, step_fraction=fraction)
-    spec = JobSpec(
-        datasets=[DatasetSpec(case.dataset, frame, "text")],
-        tasks=[TaskSpec(t, case.dataset, t) for t in tasks],
-        model_name=case.model,
-        model_dir=model_dir(case.model),
-        training=capped,
-        analysis=AnalysisConfig(device="cpu"),
-    )
+    spec = case_spec(case, frame, tasks, training=capped)
     t0 = time.perf_counter()
     job = prepare(spec)
     tracker = Progress(None, {"finetune": 1.0})
