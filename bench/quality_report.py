@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import statistics
 from pathlib import Path
@@ -52,6 +53,22 @@ def case_observations(case: dict[str, Any], *, fast: bool = False) -> list[Obser
     """The measured groups with the full evidence, or with fast mode's (early-stopped) one."""
     pairs = case["fast"]["pairs"] if fast else case["recommendation"]["pairs"]
     return [observation(case["dataset"], g["tasks"], pairs, g["matches"]) for g in case["groups"]]
+
+
+def outcome_margin(case: dict[str, Any], entry: dict[str, Any]) -> float:
+    """How clearly a group's measured outcome was decided: over its tasks, the smallest
+    ``(delta + tolerance) / SE``, SE being the standard error of the per-seed differences MTL - STL
+    (positive: within the tolerance, the group matches; negative: below it, the group loses).
+    Between -1 and 1, one seed-SE would move the measurement across the boundary: a coin toss
+    that no evidence can be expected to predict."""
+    worst = math.inf
+    for p in entry["per_task"]:
+        mtl = np.asarray(entry["mtl"][p["task"]], dtype=float)
+        diffs = mtl - np.asarray(case["stl"][p["task"]][: len(mtl)], dtype=float)
+        se = float(diffs.std(ddof=1)) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+        edge = p["delta"] + p["tolerance"]
+        worst = min(worst, edge / se if se > 0 else math.copysign(math.inf, edge))
+    return worst
 
 
 def table_of(case: dict[str, Any]) -> grp.PairTable:
@@ -181,6 +198,7 @@ def judge_cases(
                 if case["planted"] is None
                 else same_partition(rec, case["planted"]),
                 "median_seed_spread_points": 100 * statistics.median(spreads),
+                "unclear_groups": sum(abs(outcome_margin(case, g)) < 1.0 for g in case["groups"]),
                 "seeds": min(len(g["seeds"]) for g in case["groups"]),
                 # Groups whose measured outcome changed when more seeds were added (`extend`).
                 "remeasured": sum("before" in g for g in case["groups"]),
@@ -236,6 +254,25 @@ def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
     default_verdicts = (
         (x[:, 0] >= default.tau_rep) & (x[:, 2] >= default.tau_grad) & (x[:, 3] <= default.rho)
     )
+    # The held-out predictions again, on the groups whose measured outcome is clear (a margin
+    # of one seed-SE or more; ``outcome_margin``). ``leave_one_dataset_out`` predicts the
+    # datasets in sorted order, each dataset's groups in their order.
+    margins = {
+        (c["dataset"], tuple(g["tasks"])): outcome_margin(c, g) for c in cases for g in c["groups"]
+    }
+    order = [o for d in sorted({o.dataset for o in obs}) for o in obs if o.dataset == d]
+    clear = [abs(margins[(o.dataset, o.tasks)]) >= 1.0 for o in order]
+    y_clear = [v for v, k in zip(held.y, clear, strict=True) if k]
+    out["clear_outcomes"] = {
+        "n_groups": len(y_clear),
+        "n_matching": sum(y_clear),
+        "balanced_accuracy_thresholds": balanced_accuracy(
+            y_clear, [v for v, k in zip(held.threshold_verdicts, clear, strict=True) if k]
+        ),
+        "balanced_accuracy_p_match": balanced_accuracy(
+            y_clear, [p >= 0.5 for p, k in zip(held.p_match, clear, strict=True) if k]
+        ),
+    }
     out.update(
         {
             "held_out": held.scores(),
@@ -403,6 +440,12 @@ def print_tables(part: dict[str, Any]) -> None:
         f"{fmt(s['brier_base_rate'], '.3f')})"
     )
     print(f"  always 'matches': {fmt(s['always_matches_balanced_accuracy'])}")
+    c = part["clear_outcomes"]
+    print(
+        f"  on the {c['n_groups']} groups whose measured outcome is clear (worst task at least "
+        f"one seed-SE from the tolerance; {c['n_groups'] - c['n_matching']} lose): thresholds "
+        f"{fmt(c['balanced_accuracy_thresholds'])}, p_match {fmt(c['balanced_accuracy_p_match'])}"
+    )
     print(
         f"  thresholds in force when run, in sample: "
         f"{fmt(part['current_default_balanced_accuracy'])}"
@@ -434,8 +477,8 @@ def print_tables(part: dict[str, Any]) -> None:
             f"{sum(r['now_match'] for r in rows)} now match)"
         )
     print(
-        "\n| case | seeds | groups (lose) | confirmed | bal. acc. | regret F1 pts | planted | "
-        "seed spread pts | steps vs brute / HOA / TAG | fast vs brute |"
+        "\n| case | seeds | groups (lose, unclear) | confirmed | bal. acc. | regret F1 pts | "
+        "planted | seed spread pts | steps vs brute / HOA / TAG | fast vs brute |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in part["rows"]:
@@ -443,7 +486,7 @@ def print_tables(part: dict[str, Any]) -> None:
         planted = {None: "–", True: "yes", False: "no"}[r["planted_recovered"]]
         print(
             f"| {r['case']}{'' if r['complete'] else ' (partial)'} | {r['seeds']} | {r['groups']} "
-            f"({r['losing_groups']}) | {r['confirmed']}/{r['groups']} | "
+            f"({r['losing_groups']}, {r['unclear_groups']}) | {r['confirmed']}/{r['groups']} | "
             f"{fmt(r['balanced_accuracy'])} | {fmt(r['regret_points'], '.1f')} | {planted} | "
             f"{r['median_seed_spread_points']:.1f} | {fmt(c['ratio_brute_force'], '.3f')} / "
             f"{fmt(c['ratio_hoa'], '.3f')} / {fmt(c['ratio_tag'], '.2f')} | "
