@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--max-length", type=int, default=None)
     an.add_argument("--probe-size", type=int, default=None)
     an.add_argument("--seed", type=int, default=None)
+    an.add_argument(
+        "--class-weights",
+        choices=("none", "balanced"),
+        default=None,
+        help="balanced: weigh each class of a task's loss by n / (K n_k), for imbalanced tasks",
+    )
     an.add_argument("--verify", action="store_true", help="train and measure the MTL models too")
     an.add_argument("--verify-seeds", type=int, default=None)
     an.add_argument("--max-groups", type=int, default=None)

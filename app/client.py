@@ -229,6 +229,12 @@ def add_client_commands(sub: Any) -> None:
     su.add_argument("--max-length", type=int, default=None)
     su.add_argument("--probe-size", type=int, default=None)
     su.add_argument("--seed", type=int, default=None)
+    su.add_argument(
+        "--class-weights",
+        choices=("none", "balanced"),
+        default=None,
+        help="balanced: weigh each class of a task's loss by n / (K n_k), for imbalanced tasks",
+    )
     su.add_argument("--verify", action="store_true")
     su.add_argument("--max-groups", type=int, default=None)
     su.add_argument("--idempotency-key", default=None, help="makes a retried submit safe")

@@ -186,6 +186,15 @@ class TrainingSettings(_Body):
         description="Seeds the train/validation split, the probe set and training.",
         examples=[0],
     )
+    class_weights: Literal["none", "balanced"] = Field(
+        default="none",
+        description="How each task's cross-entropy weighs its classes. `none`: every example "
+        "alike. `balanced`: class k weighs n / (K n_k) on the task's training split, so that a "
+        "model of an imbalanced task is not rewarded for predicting its majority class. Applies "
+        "to every model of the job. Use it when a task's `stl.baseline_macro_f1` is close to its "
+        "`stl.macro_f1` (the single-task model learnt little).",
+        examples=["none"],
+    )
 
 
 class TaskRef(_Body):

@@ -46,6 +46,7 @@ from models.training import (
     check_cancel,
     collate,
     model_config,
+    task_loss_fns,
 )
 
 _MAX_GRAD_NORM = 1.0  # the training recipe's gradient clipping, also applied to lookahead steps
@@ -154,8 +155,10 @@ def fit_heads(
     n_examples: int,
     rng: np.random.Generator,
     iters: int = 200,
+    loss_fns: Mapping[str, nn.CrossEntropyLoss] | None = None,
 ) -> None:
-    """Fit each task's linear head on frozen pooled features (multinomial logistic regression)."""
+    """Fit each task's linear head on frozen pooled features (multinomial logistic regression),
+    with the task's class weights when ``loss_fns`` carries them."""
     model.eval()
     for name, task in tasks.items():
         take = rng.permutation(len(task.train_ids))[:n_examples]
@@ -169,11 +172,13 @@ def fit_heads(
         y = torch.as_tensor(task.train_labels[take], dtype=torch.long, device=device)
         head = model.heads[name]
         assert isinstance(head, nn.Linear)
+        weight = None if loss_fns is None else loss_fns[name].weight
         with torch.enable_grad():
             opt = torch.optim.Adam(head.parameters(), lr=1e-2)
             for _ in range(iters):
                 opt.zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(head(x), y) + 1e-4 * head.weight.pow(2).sum()
+                loss = nn.functional.cross_entropy(head(x), y, weight=weight)
+                loss = loss + 1e-4 * head.weight.pow(2).sum()
                 loss.backward()
                 opt.step()
 
@@ -201,7 +206,16 @@ def gradient_alignment(
     batch_size = analysis.align_batch_size or min(cfg.batch_size, 16)
     steps = analysis.align_steps or auto_align_steps(tasks, batch_size)
     every = max(1, analysis.align_every)
-    fit_heads(model, tasks, device, pad_id=pad_id, n_examples=analysis.head_fit_examples, rng=rng)
+    loss_fns = task_loss_fns(tasks, cfg, device)
+    fit_heads(
+        model,
+        tasks,
+        device,
+        pad_id=pad_id,
+        n_examples=analysis.head_fit_examples,
+        rng=rng,
+        loss_fns=loss_fns,
+    )
 
     blocks = encoder_blocks(model.encoder, n_layers)
     params = [p for block in blocks for _, p in block]
@@ -215,7 +229,6 @@ def gradient_alignment(
     grads = torch.zeros((n_tasks, total), dtype=torch.float32, device=device)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    loss_fn = nn.CrossEntropyLoss()
     per_layer: list[np.ndarray] = []
     whole: list[np.ndarray] = []
     tags: list[np.ndarray] = []
@@ -235,7 +248,7 @@ def gradient_alignment(
                 p.grad = None
             with autocast(device):
                 logits = model(ids, mask, name)
-            loss_fn(logits, labels).backward()
+            loss_fns[name](logits.float(), labels).backward()
             torch.cat(
                 [
                     (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
@@ -249,7 +262,7 @@ def gradient_alignment(
             per_layer.append(cos_blocks.permute(1, 2, 0).cpu().numpy())
             whole.append(cos_whole.cpu().numpy())
             tags.append(
-                _lookahead(model, names, batches, grads, params, optimizer, loss_fn, device)
+                _lookahead(model, names, batches, grads, params, optimizer, loss_fns, device)
             )
         # The joint step: the encoder follows the summed task gradients; each head got its own.
         summed = grads.sum(0)
@@ -287,7 +300,7 @@ def _lookahead(
     grads: torch.Tensor,
     params: Sequence[nn.Parameter],
     optimizer: torch.optim.Optimizer,
-    loss_fn: nn.Module,
+    loss_fns: Mapping[str, nn.CrossEntropyLoss],
     device: torch.device,
 ) -> np.ndarray:
     """Z[i, j] = 1 - L_j(theta - u_i) / L_j(theta), on the shared encoder only, same batches."""
@@ -296,7 +309,14 @@ def _lookahead(
     def losses() -> torch.Tensor:
         out = []
         for name, (ids, mask, labels) in zip(names, batches, strict=True):
-            out.append(loss_fn(model(ids, mask, name).double(), labels))
+            weight = loss_fns[name].weight
+            out.append(
+                nn.functional.cross_entropy(
+                    model(ids, mask, name).double(),
+                    labels,
+                    weight=None if weight is None else weight.double(),
+                )
+            )
         return torch.stack(out)
 
     lr = optimizer.param_groups[0]["lr"]

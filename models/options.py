@@ -33,6 +33,12 @@ class TrainingConfig:
     seed: int = 0
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
+    # How each task's cross-entropy weighs its classes: "none" (every example alike, METHOD.md's
+    # plain cross-entropy) or "balanced" (class k weighs n / (K n_k) on the task's training split,
+    # scikit-learn's "balanced"), so that a model on an imbalanced task is not rewarded for
+    # predicting its majority class. Applies to every loss of the job: fine-tunes, the stage-3
+    # warm-up and gradients, and verification's MTL models.
+    class_weights: Literal["none", "balanced"] = "none"
 
     def __post_init__(self) -> None:
         checks = {
@@ -45,6 +51,7 @@ class TrainingConfig:
             "probe_size": 4 <= self.probe_size <= 65_536,
             "warmup_ratio": 0.0 <= self.warmup_ratio < 1.0,
             "weight_decay": 0.0 <= self.weight_decay < 1.0,
+            "class_weights": self.class_weights in ("none", "balanced"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -60,6 +67,7 @@ TRAINING_KEYS = (
     "max_length",
     "probe_size",
     "seed",
+    "class_weights",
 )
 """The training settings a client sets (API, CLI) and a recommendation reports."""
 

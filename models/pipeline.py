@@ -35,6 +35,7 @@ from models.training import (
     TokenizedTask,
     check_cancel,
     layer_representations,
+    majority_baseline,
     model_config,
     pad_id_of,
     steps_per_task,
@@ -247,9 +248,11 @@ def analyze(
         verification = run_verification(job, decision["groups"], tracker, should_cancel)
         timings["verification"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
+    tasks = task_reports(job, similarity)
+    decision["verdict"]["notes"] = [*decision["verdict"]["notes"], *learning_notes(job, tasks)]
     rec = {
         "settings": settings_report(job, alignment),
-        "tasks": task_reports(job, similarity),
+        "tasks": tasks,
         "pairs": pairs,
         **decision,
         "verification": verification,
@@ -523,10 +526,36 @@ def settings_report(job: PreparedJob, align: AlignmentResult) -> dict[str, Any]:
     }
 
 
+LEARN_MARGIN = 0.02
+"""A single-task model has learnt its task when its validation macro-F1 beats always predicting
+the majority class by at least this much (2 F1 points: twice verification's smallest tolerance)."""
+
+
+def learning_notes(job: PreparedJob, tasks: list[dict[str, Any]]) -> list[str]:
+    """A note for every task whose single-task model did not clear its majority-class baseline:
+    the evidence on its pairs then compares models that do not solve it, and any group with it
+    "matches" trivially (a model that learnt nothing cannot lose much)."""
+    weak = [t for t in tasks if not t["stl"]["learnt"]]
+    notes = []
+    for t in weak:
+        stl = t["stl"]
+        advice = "train longer (epochs, lr) or give it more labelled rows"
+        if job.spec.training.class_weights == "none":
+            advice += ", or set class_weights to 'balanced' if its classes are imbalanced"
+        notes.append(
+            f"task {t['name']}: its single-task model (macro-F1 {stl['macro_f1']:.2f}) is no "
+            f"better than always predicting {stl['baseline_class']!r} "
+            f"({stl['baseline_macro_f1']:.2f}); it learnt little of the task, so the evidence "
+            f"on its pairs and the verdict on any group with it say little: {advice}"
+        )
+    return notes
+
+
 def task_reports(job: PreparedJob, sim: Similarity) -> list[dict[str, Any]]:
     out = []
     for k, (name, data) in enumerate(job.data.items()):
         stl = job.stl[name][0]
+        base = majority_baseline(job.tokenized[name])
         out.append(
             {
                 "name": name,
@@ -543,6 +572,9 @@ def task_reports(job: PreparedJob, sim: Similarity) -> list[dict[str, Any]]:
                     "steps": stl.steps,
                     "seconds": stl.seconds,
                     "loss_curve": stl.loss_curve,
+                    "baseline_macro_f1": base["macro_f1"],
+                    "baseline_class": data.classes[base["class_index"]],
+                    "learnt": stl.macro_f1 >= base["macro_f1"] + LEARN_MARGIN,
                 },
                 "cka_to_pretrained": [float(c) for c in sim.to_pretrained[k]],
             }

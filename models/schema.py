@@ -21,6 +21,20 @@ class STLMetrics(_Model):
     steps: int = Field(description="Training steps of the fine-tune.")
     seconds: float = Field(description="Wall time of the fine-tune.")
     loss_curve: list[float] = Field(description="Mean training loss per window of 10 steps.")
+    baseline_macro_f1: float | None = Field(
+        default=None,
+        description="Validation macro-F1 of always predicting the training split's most frequent "
+        "class: the floor the model must clear to have learnt the task (None: not recorded).",
+    )
+    baseline_class: str | None = Field(
+        default=None, description="That most frequent class (None: not recorded)."
+    )
+    learnt: bool | None = Field(
+        default=None,
+        description="Whether macro_f1 clears baseline_macro_f1 by at least LEARN_MARGIN (2 F1 "
+        "points). False: the model learnt little of the task, and evidence involving it "
+        "compares models that do not solve it (the verdict's notes say so). None: not recorded.",
+    )
 
 
 class SetAsideClass(_Model):

@@ -9,6 +9,14 @@ def _pct(x: float | None) -> str:
     return "   -" if x is None else f"{100 * x:5.1f}"
 
 
+def _baseline(stl: dict[str, Any]) -> str:
+    """`` majority 18.2`` beside a model's scores, flagged when the model did not beat it."""
+    if stl.get("baseline_macro_f1") is None:
+        return ""
+    flag = "  (learnt little)" if stl.get("learnt") is False else ""
+    return f"  majority {_pct(stl['baseline_macro_f1'])}{flag}"
+
+
 def render(rec: dict[str, Any]) -> str:
     lines: list[str] = []
     verdict = rec["verdict"]
@@ -29,6 +37,7 @@ def render(rec: dict[str, Any]) -> str:
         lines.append(
             f"  {t['name']:<{width}}  macro-F1 {_pct(t['stl']['macro_f1'])}  "
             f"acc {_pct(t['stl']['accuracy'])}  train {t['n_train']}  val {t['n_val']}{aside}"
+            f"{_baseline(t['stl'])}"
         )
     lines.append("")
     lines.append("Group verdicts:")

@@ -93,6 +93,39 @@ def length_grouped_batches(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def class_weights(task: TokenizedTask, cfg: TrainingConfig) -> np.ndarray | None:
+    """The per-class weights of ``task``'s cross-entropy under ``cfg.class_weights``: None for
+    "none"; for "balanced", ``n / (K * n_k)`` over the training split (a class absent from it, which
+    no training example can carry, gets weight 0)."""
+    if cfg.class_weights == "none":
+        return None
+    counts = np.bincount(task.train_labels, minlength=task.n_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(task.n_classes, dtype=np.float64)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+def task_loss_fns(
+    tasks: Mapping[str, TokenizedTask], cfg: TrainingConfig, device: torch.device
+) -> dict[str, nn.CrossEntropyLoss]:
+    """One cross-entropy per task, weighted as ``cfg.class_weights`` says (``class_weights``)."""
+    out = {}
+    for name, task in tasks.items():
+        w = class_weights(task, cfg)
+        weight = None if w is None else torch.as_tensor(w, dtype=torch.float32, device=device)
+        out[name] = nn.CrossEntropyLoss(weight=weight)
+    return out
+
+
+def majority_baseline(task: TokenizedTask) -> dict[str, Any]:
+    """What always predicting the training split's most frequent class scores on the validation
+    split (macro-F1, accuracy): the floor a fine-tuned model must clear to have learnt the task."""
+    majority = int(np.bincount(task.train_labels, minlength=task.n_classes).argmax())
+    preds = np.full(len(task.val_labels), majority, dtype=np.int64)
+    return {"class_index": majority, **scores(task.val_labels, preds, task.n_classes)}
+
+
 def steps_per_task(n_train: int, cfg: TrainingConfig) -> int:
     """Training steps of one task's single-task fine-tune: epochs over its data, capped."""
     steps = cfg.epochs * math.ceil(n_train / cfg.batch_size)
@@ -210,7 +243,7 @@ def fit(
         return max(0.0, (total - step) / max(1, total - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fns = task_loss_fns(tasks, cfg, device)
     model.train()
     start = time.perf_counter()
     window: list[torch.Tensor] = []
@@ -223,7 +256,7 @@ def fit(
         labels = torch.as_tensor(task.train_labels[batch], dtype=torch.long, device=device)
         with autocast(device):
             logits = model(ids, mask, name)
-        loss = loss_fn(logits, labels)
+        loss = loss_fns[name](logits.float(), labels)  # fp32 loss (the weights are fp32)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

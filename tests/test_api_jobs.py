@@ -188,6 +188,7 @@ def test_submit_a_job(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
         "max_length": 128,
         "probe_size": 16,
         "seed": 0,
+        "class_weights": "none",
     }
     assert request["candidate_task_sets"] == [[["sentiment"], ["topic", "urgent"]]]
     assert request["datasets"] == [
@@ -256,6 +257,13 @@ INVALID: list[tuple[str, dict[str, Any], int, str | None, list[str]]] = [
     ("probe small", {"training": {"probe_size": 3}}, 422, "training.probe_size", ["4"]),
     ("probe data", {"training": {"probe_size": 64}}, 422, "training.probe_size", ["at most 3"]),
     ("typo", {"training": {"epoch": 2}}, 422, "training.epoch", ["Extra inputs"]),
+    (
+        "weights",
+        {"training": {"class_weights": "inverse"}},
+        422,
+        "training.class_weights",
+        ["'none' or 'balanced'"],
+    ),
     ("extra key", {"priority": 1}, 422, "priority", ["Extra inputs"]),
     ("max groups", {"max_groups": 0}, 422, "max_groups", ["greater than or equal to 1"]),
     (

@@ -138,7 +138,16 @@ def test_analyze_with_verification(
     planted: tuple[Path, list[list[str]]], tiny_bert: Path, tmp_path: Path
 ) -> None:
     data, grouping = planted
-    rec = _analyze(data, [*grouping[0], grouping[2][0]], tiny_bert, tmp_path / "v.json", "--verify")
+    rec = _analyze(
+        data,
+        [*grouping[0], grouping[2][0]],
+        tiny_bert,
+        tmp_path / "v.json",
+        "--verify",
+        "--class-weights",
+        "balanced",
+    )
+    assert rec["settings"]["training"]["class_weights"] == "balanced"
     verified = rec["verification"]
     non_singletons = [g["tasks"] for g in rec["groups"] if len(g["tasks"]) > 1]
     assert [v["tasks"] for v in verified] == non_singletons

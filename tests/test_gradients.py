@@ -119,7 +119,7 @@ def test_tag_lookahead_sign_on_constructed_case(
         torch.stack([g_a, sign * g_a]),
         params,
         optimizer,
-        nn.CrossEntropyLoss(),
+        {"a": nn.CrossEntropyLoss(), "b": nn.CrossEntropyLoss()},
         device,
     )
     assert z[0, 0] > 0 and z[0, 1] > 0  # a's step lowers a's loss (and b's, the same loss)

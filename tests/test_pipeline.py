@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from models.grouping import Thresholds
 from models.options import AnalysisConfig, DatasetSpec, JobSpec, TaskSpec, TrainingConfig
-from models.pipeline import STAGES, run_job
+from models.pipeline import LEARN_MARGIN, STAGES, run_job
 from models.synth import SynthSpec, generate
 from models.training import JobCancelled
 
@@ -147,3 +150,39 @@ def test_stages_run_apart_give_the_same_recommendation(tiny_bert: Path, tmp_path
             task["stl"].pop("seconds")  # wall time differs between runs
     for key in ("grouping", "pairs", "tasks", "groups", "verdict"):
         assert apart[key] == whole[key], key
+
+
+def _with_noise_task(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``noise``: labels unrelated to the text, 90% one class (no model can learn them)."""
+    rng = np.random.default_rng(0)
+    frame = frame.copy()
+    frame["noise"] = np.where(rng.random(len(frame)) < 0.9, "common", "rare")
+    return frame
+
+
+@pytest.mark.parametrize("weights", ["none", "balanced"])
+def test_each_task_is_judged_against_its_majority_baseline(tiny_bert: Path, weights: str) -> None:
+    frame, _ = generate(SynthSpec(rows=200, features=(2,), seed=3))
+    spec = JobSpec(
+        datasets=[DatasetSpec("tickets", _with_noise_task(frame), "text")],
+        tasks=[TaskSpec(n, "tickets", n) for n in ("product", "noise")],
+        model_name="tiny",
+        model_dir=tiny_bert,
+        training=dataclasses.replace(FAST, class_weights=weights),  # type: ignore[arg-type]
+        analysis=ANALYSIS,
+    )
+    rec = run_job(spec)
+    assert rec["settings"]["training"]["class_weights"] == weights
+    notes = rec["verdict"]["notes"]
+    for t in rec["tasks"]:
+        stl = t["stl"]
+        assert 0.0 <= stl["baseline_macro_f1"] <= 1.0
+        assert stl["learnt"] == (stl["macro_f1"] >= stl["baseline_macro_f1"] + LEARN_MARGIN)
+        flagged = [n for n in notes if n.startswith(f"task {t['name']}:")]
+        assert len(flagged) == (0 if stl["learnt"] else 1)
+    noise = next(t for t in rec["tasks"] if t["name"] == "noise")
+    assert noise["stl"]["baseline_class"] == "common"
+    assert noise["stl"]["learnt"] is False
+    (note,) = [n for n in notes if n.startswith("task noise:")]
+    assert "no better than always predicting 'common'" in note
+    assert ("class_weights" in note) == (weights == "none")  # advice not already taken

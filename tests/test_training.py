@@ -12,10 +12,13 @@ from models.options import TrainingConfig
 from models.training import (
     TokenizedTask,
     build_schedule,
+    class_weights,
     collate,
     length_grouped_batches,
+    majority_baseline,
     mean_pool,
     steps_per_task,
+    task_loss_fns,
 )
 
 
@@ -91,3 +94,67 @@ def test_max_steps_caps_each_task() -> None:
     cfg = TrainingConfig(epochs=5, batch_size=8, max_steps=3)
     schedule = build_schedule({"a": _task(100)}, cfg, np.random.default_rng(0))
     assert len(schedule) == 3
+
+
+def _labelled(labels: list[int], n_classes: int) -> TokenizedTask:
+    ids = [[1, 2, 3]] * len(labels)
+    return TokenizedTask(
+        train_ids=ids,
+        train_labels=np.asarray(labels, dtype=np.int64),
+        val_ids=ids,
+        val_labels=np.asarray(labels, dtype=np.int64),
+        n_classes=n_classes,
+    )
+
+
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=200), st.integers(0, 3))
+@settings(max_examples=80, deadline=None)
+def test_balanced_weights_give_every_present_class_the_same_total(
+    labels: list[int], extra_classes: int
+) -> None:
+    n_classes = max(labels) + 1 + extra_classes
+    task = _labelled(labels, n_classes)
+    w = class_weights(task, TrainingConfig(class_weights="balanced"))
+    assert w is not None and w.shape == (n_classes,)
+    counts = np.bincount(labels, minlength=n_classes)
+    totals = counts * w
+    present = counts > 0
+    # Each present class carries n / K of the weight; the examples' weights sum to n.
+    assert np.allclose(totals[present], len(labels) / present.sum())
+    assert np.isclose(totals.sum(), len(labels))
+    assert np.all(w[~present] == 0.0)
+    assert class_weights(task, TrainingConfig()) is None  # "none": plain cross-entropy
+
+
+def test_balanced_weights_of_balanced_classes_are_one() -> None:
+    w = class_weights(_labelled([0, 1, 2] * 5, 3), TrainingConfig(class_weights="balanced"))
+    assert np.allclose(w, 1.0)  # type: ignore[arg-type]
+
+
+def test_task_losses_carry_the_weights() -> None:
+    tasks = {"a": _labelled([0, 0, 0, 1], 2), "b": _labelled([0, 1], 2)}
+    fns = task_loss_fns(tasks, TrainingConfig(class_weights="balanced"), torch.device("cpu"))
+    assert fns["a"].weight is not None
+    assert torch.allclose(fns["a"].weight, torch.tensor([4 / 6, 4 / 2]))
+    plain = task_loss_fns(tasks, TrainingConfig(), torch.device("cpu"))
+    assert plain["a"].weight is None and plain["b"].weight is None
+
+
+def test_class_weights_setting_is_checked() -> None:
+    with pytest.raises(ValueError, match="class_weights='inverse'"):
+        TrainingConfig(class_weights="inverse")  # type: ignore[arg-type]
+
+
+def test_majority_baseline_predicts_the_most_frequent_training_class() -> None:
+    task = TokenizedTask(
+        train_ids=[[1]] * 6,
+        train_labels=np.array([2, 2, 2, 0, 1, 1]),
+        val_ids=[[1]] * 4,
+        val_labels=np.array([2, 0, 1, 2]),
+        n_classes=3,
+    )
+    base = majority_baseline(task)
+    assert base["class_index"] == 2
+    assert base["accuracy"] == pytest.approx(0.5)
+    # Macro-F1 over all three classes: class 2 has precision 1/2, recall 1 (F1 2/3); 0, 1 score 0.
+    assert base["macro_f1"] == pytest.approx((2 / 3) / 3)
