@@ -252,9 +252,9 @@ def default_suite() -> list[Case]:
             notes="all five tasks: pairs and the all-tasks group only",
         )
     )
-    # Added after the 5-seed refit (2026-11-26) to judge its leads on data they were not found
-    # on: the 4-task planted case with more rows and another seed, and three other birds tasks on
-    # another sample of rows. Measured with 5 seeds from the start.
+    # Added after the 5-seed refit (2026-11-26) to judge the shipped fit on data it was not fitted
+    # on: the 4-task planted case with more rows and another seed, and birds tasks whose
+    # single-task models learn, on another sample of rows. Measured with 5 seeds from the start.
     cases.append(
         Case(
             name="synth-minilm-mid-t4-600",
@@ -270,11 +270,18 @@ def default_suite() -> list[Case]:
         Case(
             name="birds-minilm-b-t3",
             dataset="birds-minilm-b-t3",
-            load=birds_loader(1000, ["effect", "sky", "time_of_day"], seed=7),
+            # At birds-minilm's settings the single-task models of most birds tasks predict the
+            # majority class (macro-F1 at its baseline), and every group "matches" trivially.
+            # Class-balanced losses, lr 3e-4 and 3 epochs make all three of these learn (seed 0:
+            # 0.21 / 0.32 / 0.32 against majority baselines 0.09 / 0.22 / 0.17); effect has 106
+            # labels, a small task beside two large ones.
+            load=birds_loader(1000, ["phase_of_flt", "sky", "effect"], seed=7),
             model="minilm-l6",
-            training=dataclasses.replace(minilm_synth, max_length=64),
+            training=dataclasses.replace(
+                minilm_synth, max_length=64, lr=3e-4, epochs=3, class_weights="balanced"
+            ),
             seeds=5,
-            notes="three other birds tasks on another 1,000 rows (sample seed 7)",
+            notes="birds on another 1,000 rows (sample seed 7), class-balanced losses",
         )
     )
     return cases
@@ -361,7 +368,15 @@ def run_case(case: Case, *, resume: bool, device: str = "cpu") -> dict[str, Any]
         "model": case.model,
         "training": {
             k: getattr(case.training, k)
-            for k in ("epochs", "lr", "batch_size", "max_length", "probe_size", "seed")
+            for k in (
+                "epochs",
+                "lr",
+                "batch_size",
+                "max_length",
+                "probe_size",
+                "seed",
+                "class_weights",
+            )
         },
         "rows": len(frame),
         "tasks": tasks,
