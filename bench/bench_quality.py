@@ -20,12 +20,14 @@ and prints the verdict accuracy, regret, planted-grouping recovery and cost tabl
     .venv/bin/python bench/bench_quality.py extend --seeds 5 [--only NAME,...]
     .venv/bin/python bench/bench_quality.py reanalyze [--only NAME,...]
     .venv/bin/python bench/bench_quality.py fast [--only NAME,...]
+    .venv/bin/python bench/bench_quality.py baselines [--only NAME,...]
     .venv/bin/python bench/bench_quality.py report [--ship]
 
 ``extend`` adds verification seeds to measured cases (the new seeds only are trained; each
 group's earlier comparison is kept under ``before``). ``reanalyze`` recomputes seed 0's evidence
 with every key the runner now keeps, for cases measured before those keys were stored. ``fast``
-adds fast-mode evidence (early-stopped fine-tunes) beside the full evidence.
+adds fast-mode evidence (early-stopped fine-tunes) beside the full evidence. ``baselines`` stores
+each task's majority-class baseline, so the report can tell which single-task models learnt.
 
 Cases (``--suite default``):
 - ``synth-tiny-*``: planted synthetic tickets (``models.synth``) at noise 0.05 / 0.15 / 0.3 and 4 or
@@ -386,6 +388,7 @@ def run_case(case: Case, *, resume: bool, device: str = "cpu") -> dict[str, Any]
         "notes": case.notes,
         "device": str(job.device),
         "stl": {n: [r.macro_f1 for r in job.stl[n]] for n in tasks},
+        "stl_baseline": {t["name"]: t["stl"]["baseline_macro_f1"] for t in rec["tasks"]},
         "stl_steps": stl_steps,
         "recommendation": {
             "pairs": [{k: p[k] for k in PAIR_KEYS} for p in rec["pairs"]],
@@ -639,6 +642,37 @@ def run_fast(case: Case, fraction: float) -> dict[str, Any]:
     return result
 
 
+def baselines_case(case: Case) -> dict[str, Any]:
+    """Each task's majority-class baseline (``models.training.majority_baseline``: the macro-F1 of
+    always predicting the training split's most frequent class) on the case's own split, stored
+    as ``stl_baseline``, so the report can tell the tasks whose single-task models learnt from
+    those that did not. No training: the data are split and tokenized as the runs did."""
+    from models.pipeline import prepare
+    from models.training import majority_baseline
+
+    path = OUT / f"{case.name}.json"
+    result = json.loads(path.read_text())
+    frame, tasks, _ = case.load()
+    job = prepare(case_spec(case, frame, tasks))
+    result["stl_baseline"] = {n: majority_baseline(job.tokenized[n])["macro_f1"] for n in tasks}
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    cases = {c.name: c for c in SUITES[args.suite]()}
+    for name in [w for w in args.only.split(",") if w] or list(cases):
+        path = OUT / f"{name}.json"
+        if name in cases and path.is_file() and "seconds" in json.loads(path.read_text()):
+            result = baselines_case(cases[name])
+            summary = ", ".join(
+                f"{n} {sum(f1s) / len(f1s):.2f} (baseline {result['stl_baseline'][n]:.2f})"
+                for n, f1s in result["stl"].items()
+            )
+            print(f"{name}: {summary}", file=sys.stderr)
+    return 0
+
+
 def cmd_fast(args: argparse.Namespace) -> int:
     if args.threads:
         import torch
@@ -712,6 +746,9 @@ def main(argv: list[str] | None = None) -> int:
     rea.add_argument("--suite", default="default", choices=sorted(SUITES))
     rea.add_argument("--threads", type=int, default=0)
     rea.add_argument("--only", default="", help="comma-separated case names (exact), in order")
+    base = sub.add_parser("baselines", help="store each task's majority-class baseline")
+    base.add_argument("--suite", default="default", choices=sorted(SUITES))
+    base.add_argument("--only", default="", help="comma-separated case names (exact)")
     rep = sub.add_parser("report", help="fit and judge the thresholds and p_match; print tables")
     rep.add_argument("--out", type=Path, default=Path("bench/out/quality-report.json"))
     rep.add_argument(
@@ -726,6 +763,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_extend(args)
     if args.command == "reanalyze":
         return cmd_reanalyze(args)
+    if args.command == "baselines":
+        return cmd_baselines(args)
     from quality_report import report
 
     return report(OUT, args.out, ship=args.ship)

@@ -28,6 +28,7 @@ from models import grouping as grp
 from models.calibration import (
     Calibration,
     CalibrationError,
+    HeldOut,
     Observation,
     balanced_accuracy,
     fit_calibration,
@@ -35,6 +36,7 @@ from models.calibration import (
     leave_one_dataset_out,
     observation,
 )
+from models.options import LEARN_MARGIN
 
 SHIP = Path(__file__).resolve().parents[1] / "models" / "calibration.json"
 
@@ -69,6 +71,16 @@ def outcome_margin(case: dict[str, Any], entry: dict[str, Any]) -> float:
         edge = p["delta"] + p["tolerance"]
         worst = min(worst, edge / se if se > 0 else math.copysign(math.inf, edge))
     return worst
+
+
+def learnt_tasks(case: dict[str, Any]) -> set[str] | None:
+    """The tasks whose single-task models learnt: mean macro-F1 over the seeds at least
+    ``LEARN_MARGIN`` above the majority-class baseline (``bench_quality.py baselines``); None when
+    the case has no baselines stored."""
+    base = case.get("stl_baseline")
+    if base is None:
+        return None
+    return {n for n, f1s in case["stl"].items() if np.mean(f1s) >= base[n] + LEARN_MARGIN}
 
 
 def table_of(case: dict[str, Any]) -> grp.PairTable:
@@ -170,6 +182,7 @@ def judge_cases(
     for case in cases:
         th = fold_thresholds[case["dataset"]]
         table = table_of(case)
+        learnt = learnt_tasks(case)
         rec = grp.recommend_grouping(case["tasks"], table, th).grouping
         f1 = group_f1(case)
         rec_score = partition_score(rec, f1)
@@ -199,6 +212,8 @@ def judge_cases(
                 else same_partition(rec, case["planted"]),
                 "median_seed_spread_points": 100 * statistics.median(spreads),
                 "unclear_groups": sum(abs(outcome_margin(case, g)) < 1.0 for g in case["groups"]),
+                "learnt": None if learnt is None else sorted(learnt),
+                "n_tasks": len(case["tasks"]),
                 "seeds": min(len(g["seeds"]) for g in case["groups"]),
                 # Groups whose measured outcome changed when more seeds were added (`extend`).
                 "remeasured": sum("before" in g for g in case["groups"]),
@@ -236,6 +251,21 @@ def family(case: dict[str, Any]) -> str:
     return "random-init" if case["model"].startswith("tiny-") else "pretrained"
 
 
+def _subset_scores(held: HeldOut, keep: list[bool]) -> dict[str, Any]:
+    """Held-out balanced accuracies on the groups ``keep`` marks (same order as ``held``)."""
+    y = [v for v, k in zip(held.y, keep, strict=True) if k]
+    return {
+        "n_groups": len(y),
+        "n_matching": sum(y),
+        "balanced_accuracy_thresholds": balanced_accuracy(
+            y, [v for v, k in zip(held.threshold_verdicts, keep, strict=True) if k]
+        ),
+        "balanced_accuracy_p_match": balanced_accuracy(
+            y, [p >= 0.5 for p, k in zip(held.p_match, keep, strict=True) if k]
+        ),
+    }
+
+
 def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
     """Held-out scores, thresholds fitted on all, per-case rows and fast mode, for ``cases``."""
     obs = [o for case in cases for o in case_observations(case)]
@@ -262,17 +292,15 @@ def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
     }
     order = [o for d in sorted({o.dataset for o in obs}) for o in obs if o.dataset == d]
     clear = [abs(margins[(o.dataset, o.tasks)]) >= 1.0 for o in order]
-    y_clear = [v for v, k in zip(held.y, clear, strict=True) if k]
-    out["clear_outcomes"] = {
-        "n_groups": len(y_clear),
-        "n_matching": sum(y_clear),
-        "balanced_accuracy_thresholds": balanced_accuracy(
-            y_clear, [v for v, k in zip(held.threshold_verdicts, clear, strict=True) if k]
-        ),
-        "balanced_accuracy_p_match": balanced_accuracy(
-            y_clear, [p >= 0.5 for p, k in zip(held.p_match, clear, strict=True) if k]
-        ),
-    }
+    learnt = {c["dataset"]: learnt_tasks(c) for c in cases}
+    informative = [
+        (tasks := learnt[o.dataset]) is not None and set(o.tasks) <= tasks for o in order
+    ]
+    out["learnt_groups"] = _subset_scores(held, informative)
+    out["clear_outcomes"] = _subset_scores(held, clear)
+    out["learnt_and_clear"] = _subset_scores(
+        held, [a and b for a, b in zip(informative, clear, strict=True)]
+    )
     out.update(
         {
             "held_out": held.scores(),
@@ -440,12 +468,18 @@ def print_tables(part: dict[str, Any]) -> None:
         f"{fmt(s['brier_base_rate'], '.3f')})"
     )
     print(f"  always 'matches': {fmt(s['always_matches_balanced_accuracy'])}")
-    c = part["clear_outcomes"]
-    print(
-        f"  on the {c['n_groups']} groups whose measured outcome is clear (worst task at least "
-        f"one seed-SE from the tolerance; {c['n_groups'] - c['n_matching']} lose): thresholds "
-        f"{fmt(c['balanced_accuracy_thresholds'])}, p_match {fmt(c['balanced_accuracy_p_match'])}"
+    subsets = (
+        ("learnt_groups", "whose every single-task model learnt (majority baseline + 2 points)"),
+        ("clear_outcomes", "whose outcome is clear (worst task 1 seed-SE or more from tolerance)"),
+        ("learnt_and_clear", "of both kinds"),
     )
+    for key, what in subsets:
+        c = part[key]
+        print(
+            f"  on the {c['n_groups']} groups {what}, {c['n_groups'] - c['n_matching']} losing: "
+            f"thresholds {fmt(c['balanced_accuracy_thresholds'])}, "
+            f"p_match {fmt(c['balanced_accuracy_p_match'])}"
+        )
     print(
         f"  thresholds in force when run, in sample: "
         f"{fmt(part['current_default_balanced_accuracy'])}"
@@ -477,15 +511,17 @@ def print_tables(part: dict[str, Any]) -> None:
             f"{sum(r['now_match'] for r in rows)} now match)"
         )
     print(
-        "\n| case | seeds | groups (lose, unclear) | confirmed | bal. acc. | regret F1 pts | "
+        "\n| case | seeds | tasks learnt | groups (lose, unclear) | confirmed | bal. acc. | "
+        "regret F1 pts | "
         "planted | seed spread pts | steps vs brute / HOA / TAG | fast vs brute |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in part["rows"]:
         c = r["cost"]
         planted = {None: "–", True: "yes", False: "no"}[r["planted_recovered"]]
         print(
-            f"| {r['case']}{'' if r['complete'] else ' (partial)'} | {r['seeds']} | {r['groups']} "
+            f"| {r['case']}{'' if r['complete'] else ' (partial)'} | {r['seeds']} | "
+            f"{'–' if r['learnt'] is None else len(r['learnt'])}/{r['n_tasks']} | {r['groups']} "
             f"({r['losing_groups']}, {r['unclear_groups']}) | {r['confirmed']}/{r['groups']} | "
             f"{fmt(r['balanced_accuracy'])} | {fmt(r['regret_points'], '.1f')} | {planted} | "
             f"{r['median_seed_spread_points']:.1f} | {fmt(c['ratio_brute_force'], '.3f')} / "

@@ -58,6 +58,10 @@ class TrainingConfig:
             raise ValueError(f"training setting {bad[0]}={getattr(self, bad[0])!r} is out of range")
 
 
+LEARN_MARGIN = 0.02
+"""A single-task model has learnt its task when its validation macro-F1 beats always predicting
+the majority class by at least this much (2 F1 points: twice verification's smallest tolerance)."""
+
 TRAINING_KEYS = (
     "epochs",
     "max_steps",

@@ -26,7 +26,7 @@ from models.data import TaskData, build_probe_set, build_task
 from models.device import resolve_device
 from models.finetune import SingleTaskResult, finetune_task
 from models.gradients import AlignmentResult, gradient_alignment
-from models.options import TRAINING_KEYS, JobSpec
+from models.options import LEARN_MARGIN, TRAINING_KEYS, JobSpec
 from models.registry import load_encoder, load_tokenizer
 from models.schema import Recommendation
 from models.similarity import cross_cka, layerwise_pairwise_cka
@@ -524,11 +524,6 @@ def settings_report(job: PreparedJob, align: AlignmentResult) -> dict[str, Any]:
         "alignment": {"steps": align.steps, "samples": align.samples, "every": a.align_every},
         "candidates": [list(map(list, c)) for c in spec.candidates],
     }
-
-
-LEARN_MARGIN = 0.02
-"""A single-task model has learnt its task when its validation macro-F1 beats always predicting
-the majority class by at least this much (2 F1 points: twice verification's smallest tolerance)."""
 
 
 def learning_notes(job: PreparedJob, tasks: list[dict[str, Any]]) -> list[str]:

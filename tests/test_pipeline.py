@@ -10,8 +10,15 @@ import pandas as pd
 import pytest
 
 from models.grouping import Thresholds
-from models.options import AnalysisConfig, DatasetSpec, JobSpec, TaskSpec, TrainingConfig
-from models.pipeline import LEARN_MARGIN, STAGES, run_job
+from models.options import (
+    LEARN_MARGIN,
+    AnalysisConfig,
+    DatasetSpec,
+    JobSpec,
+    TaskSpec,
+    TrainingConfig,
+)
+from models.pipeline import STAGES, run_job
 from models.synth import SynthSpec, generate
 from models.training import JobCancelled
 
