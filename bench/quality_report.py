@@ -285,16 +285,17 @@ def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
         (x[:, 0] >= default.tau_rep) & (x[:, 2] >= default.tau_grad) & (x[:, 3] <= default.rho)
     )
     # The held-out predictions again, on the groups whose measured outcome is clear (a margin
-    # of one seed-SE or more; ``outcome_margin``). ``leave_one_dataset_out`` predicts the
-    # datasets in sorted order, each dataset's groups in their order.
-    margins = {
-        (c["dataset"], tuple(g["tasks"])): outcome_margin(c, g) for c in cases for g in c["groups"]
-    }
-    order = [o for d in sorted({o.dataset for o in obs}) for o in obs if o.dataset == d]
-    clear = [abs(margins[(o.dataset, o.tasks)]) >= 1.0 for o in order]
-    learnt = {c["dataset"]: learnt_tasks(c) for c in cases}
+    # of one seed-SE or more; ``outcome_margin``) and on those whose every single-task model
+    # learnt. ``leave_one_dataset_out`` predicts the datasets in sorted order, each dataset's
+    # groups in their order; ``source`` pairs each observation with its case and group (two
+    # cases may share a dataset).
+    source = [(c, g) for c in cases for g in c["groups"]]
+    datasets = sorted({o.dataset for o in obs})
+    order = [i for d in datasets for i, o in enumerate(obs) if o.dataset == d]
+    clear = [abs(outcome_margin(*source[i])) >= 1.0 for i in order]
     informative = [
-        (tasks := learnt[o.dataset]) is not None and set(o.tasks) <= tasks for o in order
+        (tasks := learnt_tasks(source[i][0])) is not None and set(obs[i].tasks) <= tasks
+        for i in order
     ]
     out["learnt_groups"] = _subset_scores(held, informative)
     out["clear_outcomes"] = _subset_scores(held, clear)
