@@ -75,7 +75,7 @@ def outcome_margin(case: dict[str, Any], entry: dict[str, Any]) -> float:
 
 def learnt_tasks(case: dict[str, Any]) -> set[str] | None:
     """The tasks whose single-task models learnt: mean macro-F1 over the seeds at least
-    ``LEARN_MARGIN`` above the majority-class baseline (``bench_quality.py baselines``); None when
+    ``LEARN_MARGIN`` above the chance baseline (``bench_quality.py baselines``); None when
     the case has no baselines stored."""
     base = case.get("stl_baseline")
     if base is None:
@@ -470,7 +470,7 @@ def print_tables(part: dict[str, Any]) -> None:
     )
     print(f"  always 'matches': {fmt(s['always_matches_balanced_accuracy'])}")
     subsets = (
-        ("learnt_groups", "whose every single-task model learnt (majority baseline + 2 points)"),
+        ("learnt_groups", "whose every single-task model learnt (chance baseline + 2 points)"),
         ("clear_outcomes", "whose outcome is clear (worst task 1 seed-SE or more from tolerance)"),
         ("learnt_and_clear", "of both kinds"),
     )

@@ -59,8 +59,9 @@ class TrainingConfig:
 
 
 LEARN_MARGIN = 0.02
-"""A single-task model has learnt its task when its validation macro-F1 beats always predicting
-the majority class by at least this much (2 F1 points: twice verification's smallest tolerance)."""
+"""A single-task model has learnt its task when its validation macro-F1 beats its chance baseline
+(``training.chance_baseline``: the best predictor that ignores the text) by at least this much
+(2 F1 points: twice verification's smallest tolerance)."""
 
 TRAINING_KEYS = (
     "epochs",

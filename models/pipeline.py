@@ -33,9 +33,9 @@ from models.similarity import cross_cka, layerwise_pairwise_cka
 from models.training import (
     CancelCheck,
     TokenizedTask,
+    chance_baseline,
     check_cancel,
     layer_representations,
-    majority_baseline,
     model_config,
     pad_id_of,
     steps_per_task,
@@ -527,7 +527,7 @@ def settings_report(job: PreparedJob, align: AlignmentResult) -> dict[str, Any]:
 
 
 def learning_notes(job: PreparedJob, tasks: list[dict[str, Any]]) -> list[str]:
-    """A note for every task whose single-task model did not clear its majority-class baseline:
+    """A note for every task whose single-task model did not clear its chance baseline:
     the evidence on its pairs then compares models that do not solve it, and any group with it
     "matches" trivially (a model that learnt nothing cannot lose much)."""
     weak = [t for t in tasks if not t["stl"]["learnt"]]
@@ -539,8 +539,9 @@ def learning_notes(job: PreparedJob, tasks: list[dict[str, Any]]) -> list[str]:
             advice += ", or set class_weights to 'balanced' if its classes are imbalanced"
         notes.append(
             f"task {t['name']}: its single-task model (macro-F1 {stl['macro_f1']:.2f}) is no "
-            f"better than always predicting {stl['baseline_class']!r} "
-            f"({stl['baseline_macro_f1']:.2f}); it learnt little of the task, so the evidence "
+            f"better than a predictor that ignores the text ({stl['baseline_macro_f1']:.2f}: "
+            f"always {stl['baseline_class']!r}, or guessing); it learnt little of the task, so "
+            f"the evidence "
             f"on its pairs and the verdict on any group with it say little: {advice}"
         )
     return notes
@@ -550,7 +551,7 @@ def task_reports(job: PreparedJob, sim: Similarity) -> list[dict[str, Any]]:
     out = []
     for k, (name, data) in enumerate(job.data.items()):
         stl = job.stl[name][0]
-        base = majority_baseline(job.tokenized[name])
+        base = chance_baseline(job.tokenized[name])
         out.append(
             {
                 "name": name,

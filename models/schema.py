@@ -23,11 +23,14 @@ class STLMetrics(_Model):
     loss_curve: list[float] = Field(description="Mean training loss per window of 10 steps.")
     baseline_macro_f1: float | None = Field(
         default=None,
-        description="Validation macro-F1 of always predicting the training split's most frequent "
-        "class: the floor the model must clear to have learnt the task (None: not recorded).",
+        description="The floor the model must clear to have learnt the task: the best "
+        "validation macro-F1 of three predictors that ignore the text (always the most frequent "
+        "training class; guessing with the training class shares; guessing uniformly). None: "
+        "not recorded.",
     )
     baseline_class: str | None = Field(
-        default=None, description="That most frequent class (None: not recorded)."
+        default=None,
+        description="The training split's most frequent class (None: not recorded).",
     )
     learnt: bool | None = Field(
         default=None,

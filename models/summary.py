@@ -10,11 +10,11 @@ def _pct(x: float | None) -> str:
 
 
 def _baseline(stl: dict[str, Any]) -> str:
-    """`` majority 18.2`` beside a model's scores, flagged when the model did not beat it."""
+    """`` chance 18.2`` beside a model's scores, flagged when the model did not beat it."""
     if stl.get("baseline_macro_f1") is None:
         return ""
     flag = "  (learnt little)" if stl.get("learnt") is False else ""
-    return f"  majority {_pct(stl['baseline_macro_f1'])}{flag}"
+    return f"  chance {_pct(stl['baseline_macro_f1'])}{flag}"
 
 
 def render(rec: dict[str, Any]) -> str:

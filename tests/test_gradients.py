@@ -12,7 +12,7 @@ from torch import nn
 from models.gradients import _lookahead, block_cosines, encoder_blocks, gradient_alignment
 from models.options import AnalysisConfig, TrainingConfig
 from models.registry import load_encoder, load_tokenizer
-from models.training import TaskModel, TokenizedTask, collate, pad_id_of, tokenize
+from models.training import TaskModel, TokenizedTask, collate, fit, pad_id_of, tokenize
 
 TEXTS = [
     "billing portal freezing after the update",
@@ -177,3 +177,34 @@ def test_shared_minibatches_give_tasks_of_one_dataset_the_same_texts() -> None:
     assert {r for r in rows["a"] if r % 2 == 0} <= set(rows["b"])
     again = shared_minibatches(tasks, 10, np.random.default_rng(0))
     assert all((again[n] == picks[n]).all() for n in picks)
+
+
+def test_class_weights_reach_training_and_the_alignment(tiny_bert: Path) -> None:
+    """Balanced weights change what is trained and what stage 3 measures on imbalanced labels
+    (and change nothing on balanced ones, where every weight is 1)."""
+    tok = load_tokenizer(tiny_bert)
+    skewed = [0] * 28 + [1] * 4
+    even = [0, 1] * 16
+    cpu = torch.device("cpu")
+
+    def trained_head(labels: list[int], weights: str) -> torch.Tensor:
+        model = TaskModel(load_encoder(tiny_bert), {"t": 2}, seed=0)
+        cfg = TrainingConfig(epochs=1, lr=1e-3, batch_size=8, class_weights=weights)  # type: ignore[arg-type]
+        fit(model, {"t": _task(tok, labels)}, cfg, cpu, pad_id=pad_id_of(tok), seed=0)
+        return model.heads["t"].weight.detach().clone()
+
+    assert not torch.allclose(trained_head(skewed, "none"), trained_head(skewed, "balanced"))
+    assert torch.allclose(trained_head(even, "none"), trained_head(even, "balanced"))
+
+    def alignment(weights: str) -> np.ndarray:
+        tasks = {"a": _task(tok, skewed), "b": _task(tok, even)}
+        return gradient_alignment(
+            load_encoder(tiny_bert),
+            tasks,
+            TrainingConfig(lr=1e-3, batch_size=8, seed=0, class_weights=weights),  # type: ignore[arg-type]
+            AnalysisConfig(align_steps=5, align_every=2, align_batch_size=32, device="cpu"),
+            cpu,
+            pad_id=pad_id_of(tok),
+        ).cos_whole
+
+    assert not np.allclose(alignment("none"), alignment("balanced"))

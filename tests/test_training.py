@@ -12,11 +12,12 @@ from models.options import TrainingConfig
 from models.training import (
     TokenizedTask,
     build_schedule,
+    chance_baseline,
     class_weights,
     collate,
     length_grouped_batches,
-    majority_baseline,
     mean_pool,
+    scores,
     steps_per_task,
     task_loss_fns,
 )
@@ -145,7 +146,7 @@ def test_class_weights_setting_is_checked() -> None:
         TrainingConfig(class_weights="inverse")  # type: ignore[arg-type]
 
 
-def test_majority_baseline_predicts_the_most_frequent_training_class() -> None:
+def test_chance_baseline_is_the_best_predictor_that_ignores_the_text() -> None:
     task = TokenizedTask(
         train_ids=[[1]] * 6,
         train_labels=np.array([2, 2, 2, 0, 1, 1]),
@@ -153,8 +154,34 @@ def test_majority_baseline_predicts_the_most_frequent_training_class() -> None:
         val_labels=np.array([2, 0, 1, 2]),
         n_classes=3,
     )
-    base = majority_baseline(task)
+    base = chance_baseline(task)
     assert base["class_index"] == 2
     assert base["accuracy"] == pytest.approx(0.5)
-    # Macro-F1 over all three classes: class 2 has precision 1/2, recall 1 (F1 2/3); 0, 1 score 0.
-    assert base["macro_f1"] == pytest.approx((2 / 3) / 3)
+    # Always class 2: precision 1/2, recall 1 (F1 2/3); classes 0, 1 score 0.
+    assert base["majority_macro_f1"] == pytest.approx((2 / 3) / 3)
+    # Guessing with the training shares p = (1/6, 2/6, 3/6) against validation shares
+    # q = (1/4, 1/4, 2/4): class k scores 2 q p / (q + p).
+    q, p = np.array([0.25, 0.25, 0.5]), np.array([1, 2, 3]) / 6
+    assert base["prior_macro_f1"] == pytest.approx(float(np.mean(2 * q * p / (q + p))))
+    u = np.full(3, 1 / 3)
+    assert base["uniform_macro_f1"] == pytest.approx(float(np.mean(2 * q * u / (q + u))))
+    assert base["macro_f1"] == max(
+        base["majority_macro_f1"], base["prior_macro_f1"], base["uniform_macro_f1"]
+    )
+
+
+@given(st.lists(st.integers(0, 3), min_size=8, max_size=120), st.integers(0, 99))
+@settings(max_examples=40, deadline=None)
+def test_guessing_with_the_shares_scores_as_the_baseline_says(labels: list[int], seed: int) -> None:
+    """The guessing floors are expectations: a large simulated guesser lands on them."""
+    y = np.asarray(labels)
+    task = TokenizedTask(
+        train_ids=[[1]] * len(y), train_labels=y, val_ids=[[1]] * len(y), val_labels=y, n_classes=4
+    )
+    base = chance_baseline(task)
+    rng = np.random.default_rng(seed)
+    reps = np.repeat(y, 200)  # many copies of the split: the empirical F1 nears its expectation
+    shares = np.bincount(y, minlength=4) / len(y)
+    guess = rng.choice(4, size=len(reps), p=shares)
+    f1 = scores(reps, guess, 4)["macro_f1"]
+    assert f1 == pytest.approx(base["prior_macro_f1"], abs=0.03)
