@@ -59,7 +59,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from machine import cpu_model
 
-from models.options import AnalysisConfig, DatasetSpec, JobSpec, TaskSpec, TrainingConfig
+from models.options import (
+    TRAINING_KEYS,
+    AnalysisConfig,
+    DatasetSpec,
+    JobSpec,
+    TaskSpec,
+    TrainingConfig,
+)
 from models.synth import SynthSpec, generate
 
 OUT = Path("bench/results/quality")  # kept in the repository: the measurements behind the fit
@@ -370,18 +377,7 @@ def run_case(case: Case, *, resume: bool, device: str = "cpu") -> dict[str, Any]
         "case": case.name,
         "dataset": case.dataset,
         "model": case.model,
-        "training": {
-            k: getattr(case.training, k)
-            for k in (
-                "epochs",
-                "lr",
-                "batch_size",
-                "max_length",
-                "probe_size",
-                "seed",
-                "class_weights",
-            )
-        },
+        "training": {k: getattr(case.training, k) for k in TRAINING_KEYS},
         "rows": len(frame),
         "tasks": tasks,
         "planted": planted,
