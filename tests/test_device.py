@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,27 @@ def test_cpu_autocast_keeps_fp32() -> None:
 
 @pytest.mark.requires_cuda
 @requires_cuda
-def test_a_tiny_job_runs_on_cuda(tiny_bert: Path) -> None:
+def test_losses_are_fp32_under_cuda_autocast() -> None:
+    """Training losses are taken in float32 from bf16 logits, the class weights included."""
+    from torch import nn
+
+    device = torch.device("cuda")
+    weight = torch.tensor([0.5, 2.0], device=device)
+    logits = torch.randn(8, 2, device=device, requires_grad=True)
+    labels = torch.tensor([0, 1] * 4, device=device)
+    with autocast(device):
+        low = logits @ torch.eye(2, device=device)
+        assert low.dtype == torch.bfloat16
+        loss = nn.CrossEntropyLoss(weight=weight)(low.float(), labels)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.requires_cuda
+@requires_cuda
+@pytest.mark.parametrize("class_weights", ["none", "balanced"])
+def test_a_tiny_job_runs_on_cuda(tiny_bert: Path, class_weights: str) -> None:
     from models.grouping import Thresholds
     from models.options import AnalysisConfig, DatasetSpec, JobSpec, TaskSpec, TrainingConfig
     from models.pipeline import run_job
@@ -52,11 +73,18 @@ def test_a_tiny_job_runs_on_cuda(tiny_bert: Path) -> None:
         tasks=[TaskSpec("a", "d", "product"), TaskSpec("b", "d", "product_flag")],
         model_name="tiny",
         model_dir=tiny_bert,
-        training=TrainingConfig(epochs=1, lr=1e-3, batch_size=16, probe_size=64),
+        training=TrainingConfig(
+            epochs=1, lr=1e-3, batch_size=16, probe_size=64, class_weights=class_weights
+        ),
         analysis=AnalysisConfig(device="cuda", align_steps=3, thresholds=Thresholds()),
         verify=True,
     )
     rec = run_job(spec)
     assert rec["settings"]["device"].startswith("cuda")
     assert torch.backends.cuda.matmul.allow_tf32
+    assert rec["settings"]["training"]["class_weights"] == class_weights
     assert len(rec["verification"]) == 1
+    for task in rec["tasks"]:
+        stl = task["stl"]
+        assert 0.0 <= stl["macro_f1"] <= 1.0 and stl["baseline_macro_f1"] is not None
+        assert all(math.isfinite(x) for x in stl["loss_curve"])
