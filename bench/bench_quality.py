@@ -599,6 +599,79 @@ def reanalyze_case(case: Case) -> dict[str, Any]:
     return result
 
 
+def seed_cka_case(case: Case) -> dict[str, Any]:
+    """Each task's representational noise floor: the per-layer CKA between two single-task models
+    of the same task that differ only in seed (``training.seed`` and the next one), on the same
+    probe texts and with the same estimator as the pair CKAs. Stored as ``seed_cka`` (task ->
+    per-layer list), beside seed 0's pair CKAs recomputed from the same models (``pair_cka``,
+    which must agree with the stored evidence when training is deterministic)."""
+    import torch
+
+    from models.finetune import finetune_task
+    from models.pipeline import Progress, prepare, run_finetunes
+    from models.similarity import layerwise_pairwise_cka
+
+    path = OUT / f"{case.name}.json"
+    result = json.loads(path.read_text())
+    frame, tasks, _ = case.load()
+    spec = case_spec(
+        case, frame, tasks, analysis=AnalysisConfig(device="cpu", thresholds=_thresholds(result))
+    )
+    t0 = time.perf_counter()
+    job = prepare(spec)
+    tracker = Progress(None, {"finetune": 1.0})
+    tracker.start("finetune")
+    run_finetunes(job, tracker, None, None, seeds=[case.training.seed])
+    names = list(job.tokenized)
+    other = []
+    for name in names:
+        res = finetune_task(
+            pretrained=job.encoder,
+            task_name=name,
+            data=job.tokenized[name],
+            probe_ids=job.probe_ids,
+            cfg=spec.training,
+            device=job.device,
+            pad_id=job.pad_id,
+            seed=case.training.seed + 1,
+        )
+        other.append(res.reps)
+    reps = torch.stack([job.stl[n][0].reps for n in names] + other)  # (2T, L+1, n, d)
+    cka = layerwise_pairwise_cka(reps, batch_size=spec.analysis.cka_batch_size).numpy()
+    t = len(names)
+    result["seed_cka"] = {n: [float(c) for c in cka[:, k, t + k]] for k, n in enumerate(names)}
+    result["pair_cka"] = {
+        f"{names[i]}+{names[j]}": [float(c) for c in cka[:, i, j]]
+        for i in range(t)
+        for j in range(i + 1, t)
+    }
+    stored = {"+".join(p["tasks"]): p["cka_per_layer"] for p in result["recommendation"]["pairs"]}
+    diff = max(
+        abs(a - b) for k, v in result["pair_cka"].items() for a, b in zip(v, stored[k], strict=True)
+    )
+    path.write_text(json.dumps(result, indent=1))
+    print(
+        f"{case.name}: seed CKA min per task "
+        + ", ".join(f"{n} {min(v):.2f}" for n, v in result["seed_cka"].items())
+        + f"; pair CKA vs stored {diff:.1e}; {time.perf_counter() - t0:.0f} s",
+        file=sys.stderr,
+    )
+    return result
+
+
+def cmd_seedcka(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cases = {c.name: c for c in SUITES[args.suite]()}
+    for name in [w for w in args.only.split(",") if w] or list(cases):
+        path = OUT / f"{name}.json"
+        if name in cases and path.is_file() and "seconds" in json.loads(path.read_text()):
+            seed_cka_case(cases[name])
+    return 0
+
+
 def _thresholds(result: dict[str, Any]) -> Any:
     from models.grouping import Thresholds
 
@@ -771,6 +844,10 @@ def main(argv: list[str] | None = None) -> int:
     rea.add_argument("--suite", default="default", choices=sorted(SUITES))
     rea.add_argument("--threads", type=int, default=0)
     rea.add_argument("--only", default="", help="comma-separated case names (exact), in order")
+    sc = sub.add_parser("seedcka", help="store each task's seed-to-seed CKA (the noise floor)")
+    sc.add_argument("--suite", default="default", choices=sorted(SUITES))
+    sc.add_argument("--threads", type=int, default=0)
+    sc.add_argument("--only", default="", help="comma-separated case names (exact), in order")
     base = sub.add_parser("baselines", help="store each task's chance baseline")
     base.add_argument("--suite", default="default", choices=sorted(SUITES))
     base.add_argument("--only", default="", help="comma-separated case names (exact)")
@@ -788,6 +865,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_extend(args)
     if args.command == "reanalyze":
         return cmd_reanalyze(args)
+    if args.command == "seedcka":
+        return cmd_seedcka(args)
     if args.command == "baselines":
         return cmd_baselines(args)
     from quality_report import report
