@@ -231,11 +231,39 @@ def judge_cases(
     return rows
 
 
-def fold_thresholds(obs: list[Observation]) -> dict[str, grp.Thresholds]:
+def fold_thresholds(obs: list[Observation], rule: str = "best") -> dict[str, grp.Thresholds]:
     out = {}
     for held in sorted({o.dataset for o in obs}):
-        out[held] = fit_thresholds([o for o in obs if o.dataset != held]).thresholds
+        out[held] = fit_thresholds([o for o in obs if o.dataset != held], rule=rule).thresholds
     return out
+
+
+def alternative_rule(
+    cases: list[dict[str, Any]], obs: list[Observation], rule: str
+) -> dict[str, Any]:
+    """The held-out scores, regret and planted recovery under another threshold-fitting rule
+    (``models.calibration.fit_thresholds``), beside the default rule's: ``one_se`` was chosen on
+    the 14 cases of 2026-11-26 and is to be judged on cases added after it."""
+    held = leave_one_dataset_out(obs, rule=rule)
+    folds = fold_thresholds(obs, rule)
+    rows = judge_cases(cases, folds)
+    regrets = [r["regret_points"] for r in rows if r["regret_points"] is not None]
+    planted = [r["planted_recovered"] for r in rows if r["planted_recovered"] is not None]
+    return {
+        "rule": rule,
+        "balanced_accuracy_thresholds": held.scores()["balanced_accuracy_thresholds"],
+        "fold_tau_rep": sorted(th.tau_rep for th in folds.values()),
+        "fitted_thresholds": dataclasses.asdict(fit_thresholds(obs, rule=rule).thresholds),
+        "regret_within_1": sum(r <= 1.0 for r in regrets),
+        "regret_cases": len(regrets),
+        "regret_max": max(regrets) if regrets else None,
+        "planted_recovered": sum(planted),
+        "planted_cases": len(planted),
+        "rows": [
+            {"case": r["case"], "regret_points": r["regret_points"], "confirmed": r["confirmed"]}
+            for r in rows
+        ],
+    }
 
 
 def fmt(value: float | None, spec: str = ".2f") -> str:
@@ -311,6 +339,7 @@ def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
             "fitted_thresholds_ties": fit_all.n_tied,
             "current_default_balanced_accuracy": balanced_accuracy(y, default_verdicts.tolist()),
             "rows": judge_cases(cases, folds),
+            "one_se_rule": alternative_rule(cases, obs, "one_se"),
             "fast_mode": evaluate_fast(cases),
         }
     )
@@ -492,6 +521,23 @@ def print_tables(part: dict[str, Any]) -> None:
         f"{part['fitted_thresholds_balanced_accuracy_in_sample']:.2f}, "
         f"{part['fitted_thresholds_ties']} tied grid points)"
     )
+    alt = part.get("one_se_rule")
+    if alt:
+        rows = part["rows"]
+        regrets = [r["regret_points"] for r in rows if r["regret_points"] is not None]
+        planted = [r["planted_recovered"] for r in rows if r["planted_recovered"] is not None]
+        th = alt["fitted_thresholds"]
+        print(
+            f"alternative rule {alt['rule']} (strictest tau_rep within one SE of the best): "
+            f"held-out balanced accuracy {fmt(alt['balanced_accuracy_thresholds'])} (default rule "
+            f"{fmt(part['held_out']['balanced_accuracy_thresholds'])}); regret <= 1.0 on "
+            f"{alt['regret_within_1']}/{alt['regret_cases']} cases, max "
+            f"{fmt(alt['regret_max'], '.1f')} (default {sum(r <= 1.0 for r in regrets)}/"
+            f"{len(regrets)}, max {fmt(max(regrets) if regrets else None, '.1f')}); planted "
+            f"{alt['planted_recovered']}/{alt['planted_cases']} (default {sum(planted)}/"
+            f"{len(planted)}); fitted on all: tau_rep {th['tau_rep']}, tau_grad "
+            f"{th['tau_grad']}, rho {th['rho']}; fold tau_rep {alt['fold_tau_rep']}"
+        )
     fast = part.get("fast_mode")
     if fast and "fast" in fast:
         f, g = fast["fast"], fast["full_same_cases"]

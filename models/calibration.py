@@ -12,7 +12,10 @@ conflict rate, and the group size.
 
 - :func:`fit_thresholds` chooses ``(tau_rep, tau_grad, rho)`` on a grid to maximise the balanced
   accuracy of the threshold verdict (ties: the middle of the tied region, so small shifts of the
-  data move the choice least).
+  data move the choice least). ``rule="one_se"`` is the one-standard-error rule instead (Breiman
+  et al.'s for CART): among the grid points within one standard error of the best balanced
+  accuracy, the strictest ``tau_rep``. A benchmark alternative, not the default (see
+  ``bench/RESULTS.md``).
 - :func:`fit_calibration` fits ``p_match``, a logistic model over the standardised features with an
   L2 penalty (few observations, correlated features).
 - :func:`leave_one_dataset_out` judges both on data they were not fitted on: each dataset's groups
@@ -148,15 +151,30 @@ def brier(y_true: Sequence[bool], prob: Sequence[float]) -> float:
 class ThresholdFit:
     thresholds: Thresholds
     balanced_accuracy: float
-    n_tied: int  # grid points reaching the same balanced accuracy
+    n_tied: int  # grid points the choice was made among (tied at the best; "one_se": see there)
 
 
 def _verdicts(x: np.ndarray, tau_rep: float, tau_grad: float, rho: float) -> np.ndarray:
     return (x[:, 0] >= tau_rep) & (x[:, 2] >= tau_grad) & (x[:, 3] <= rho)
 
 
-def fit_thresholds(obs: Sequence[Observation]) -> ThresholdFit:
-    """Grid search for the thresholds with the best balanced accuracy on ``obs``."""
+THRESHOLD_RULES = ("best", "one_se")
+
+
+def fit_thresholds(obs: Sequence[Observation], *, rule: str = "best") -> ThresholdFit:
+    """Grid search for the thresholds with the best balanced accuracy on ``obs``.
+
+    ``rule="best"`` (the default) takes the best grid points and, among ties, the one nearest
+    their centre. ``rule="one_se"`` takes every grid point within one standard error of the best
+    balanced accuracy (``0.5 * sqrt(b(1-b)/n_match + b(1-b)/n_lose)`` at the best ``b``), keeps
+    those with the largest ``tau_rep`` (the strictest: a false "matches" costs accuracy, a false
+    "loses" an extra model) and, among them, the one nearest their centre. Where the balanced
+    accuracy is flat over a wide range of ``tau_rep``, "best" lands anywhere in it as the data
+    shift; "one_se" lands at its strict end. ``ThresholdFit.balanced_accuracy`` is that of the
+    point chosen.
+    """
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"rule must be one of {THRESHOLD_RULES}, got {rule!r}")
     y = np.array([o.matches for o in obs], dtype=bool)
     if y.all() or not y.any():
         raise CalibrationError(
@@ -174,6 +192,11 @@ def fit_thresholds(obs: Sequence[Observation]) -> ThresholdFit:
     score = 0.5 * (tpr + tnr)
     best = float(score.max())
     tied = np.argwhere(np.isclose(score, best, atol=1e-12))
+    if rule == "one_se":
+        var = best * (1.0 - best)
+        se = 0.5 * math.sqrt(var / y.sum() + var / (~y).sum())
+        near = np.argwhere(score >= best - se - 1e-12)
+        tied = near[near[:, 0] == near[:, 0].max()]
     centre = tied.mean(axis=0)
     pick = tied[np.argmin(((tied - centre) ** 2).sum(axis=1))]
     th = Thresholds(
@@ -181,7 +204,7 @@ def fit_thresholds(obs: Sequence[Observation]) -> ThresholdFit:
         tau_grad=float(TAU_GRAD_GRID[pick[1]]),
         rho=float(RHO_GRID[pick[2]]),
     )
-    return ThresholdFit(th, best, len(tied))
+    return ThresholdFit(th, float(score[tuple(pick)]), len(tied))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,8 +338,11 @@ class HeldOut:
         }
 
 
-def leave_one_dataset_out(obs: Sequence[Observation], *, strength: float = 1.0) -> HeldOut:
-    """Fit on all datasets but one, predict the one left out; every dataset in turn.
+def leave_one_dataset_out(
+    obs: Sequence[Observation], *, strength: float = 1.0, rule: str = "best"
+) -> HeldOut:
+    """Fit on all datasets but one, predict the one left out; every dataset in turn. ``rule``:
+    how the thresholds are fitted (:func:`fit_thresholds`).
 
     A fold whose training part holds one outcome only gets the thresholds that say "matches"
     for a matching-only history (the most permissive grid point) or "loses" otherwise.
@@ -329,7 +355,7 @@ def leave_one_dataset_out(obs: Sequence[Observation], *, strength: float = 1.0) 
         train = [o for o in obs if o.dataset != held]
         test = [o for o in obs if o.dataset == held]
         try:
-            fit = fit_thresholds(train)
+            fit = fit_thresholds(train, rule=rule)
             th = fit.thresholds
         except CalibrationError:
             everything = all(o.matches for o in train)

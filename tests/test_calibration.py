@@ -132,6 +132,54 @@ def test_fitted_thresholds_beat_or_equal_every_constant_verdict(seed: int) -> No
     )
 
 
+def _flat(seed: int) -> list[Observation]:
+    """Losing groups at CKA 0.02-0.08, matching ones at 0.45-0.9, and between them pairs of one
+    losing and one matching group at the same CKA: with as many of each outcome, the balanced
+    accuracy is flat over every ``tau_rep`` from 0.08 to 0.45."""
+    rng = np.random.default_rng(seed)
+    out = [_obs("d", rng.uniform(0.02, 0.08), 0.1, 0.1, False) for _ in range(20)]
+    out += [_obs("d", rng.uniform(0.45, 0.9), 0.1, 0.1, True) for _ in range(20)]
+    for cka in rng.uniform(0.1, 0.4, 10):
+        out += [_obs("d", cka, 0.1, 0.1, False), _obs("d", cka, 0.1, 0.1, True)]
+    return out
+
+
+def test_one_se_rule_takes_the_strict_end_of_a_flat_optimum() -> None:
+    obs = _flat(0)
+    best = fit_thresholds(obs)
+    strict = fit_thresholds(obs, rule="one_se")
+    assert 0.1 < best.thresholds.tau_rep < 0.4  # the middle of the flat band
+    assert strict.thresholds.tau_rep > 0.4  # its strict end, or a little past it
+    assert strict.balanced_accuracy <= best.balanced_accuracy
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(min_value=0, max_value=10_000))
+def test_one_se_rule_stays_within_one_standard_error(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    obs = [
+        _obs("d", rng.uniform(0, 1), rng.uniform(-0.5, 0.5), rng.uniform(0, 1), bool(m))
+        for m in [True, False, *rng.integers(0, 2, 30)]
+    ]
+    best = fit_thresholds(obs).balanced_accuracy
+    fit = fit_thresholds(obs, rule="one_se")
+    y = np.array([o.matches for o in obs])
+    se = 0.5 * math.sqrt(best * (1 - best) / y.sum() + best * (1 - best) / (~y).sum())
+    assert best - se - 1e-9 <= fit.balanced_accuracy <= best + 1e-12
+    x = np.array([o.features() for o in obs])
+    pred = (
+        (x[:, 0] >= fit.thresholds.tau_rep)
+        & (x[:, 2] >= fit.thresholds.tau_grad)
+        & (x[:, 3] <= fit.thresholds.rho)
+    )
+    assert balanced_accuracy(y.tolist(), pred.tolist()) == pytest.approx(fit.balanced_accuracy)
+
+
+def test_unknown_threshold_rule_is_an_error() -> None:
+    with pytest.raises(ValueError, match="rule must be one of"):
+        fit_thresholds(_separable(20, seed=1), rule="median")
+
+
 def test_p_match_is_calibrated_in_direction_and_range() -> None:
     cal = fit_calibration(_separable(300, seed=1), source="test")
     strong = {"cka_min": 0.9, "cka_mean": 0.95, "grad_cosine": 0.25, "conflict_rate": 0.0}
