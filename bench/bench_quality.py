@@ -322,6 +322,20 @@ def default_suite() -> list[Case]:
             notes="5,000 birds rows (sample seed 13): run on a GPU",
         )
     )
+    # Added after the one_se threshold rule was chosen (2026-11-26, fifth session), to judge it
+    # against the default rule on data neither saw: the 3-task planted case on a new generator
+    # seed and 500 rows.
+    cases.append(
+        Case(
+            name="synth-minilm-mid-t3-500",
+            dataset="synth-minilm-mid-t3-500",
+            load=synth_loader((2, 1), NOISES["mid"], rows=500, classes=4, seed=51),
+            model="minilm-l6",
+            training=minilm_synth,
+            seeds=5,
+            notes="3 tasks at middle noise again: 500 rows, generator seed 51",
+        )
+    )
     return cases
 
 
