@@ -14,6 +14,7 @@ Reads the case files the runs wrote, then
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -340,6 +341,7 @@ def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
             "current_default_balanced_accuracy": balanced_accuracy(y, default_verdicts.tolist()),
             "rows": judge_cases(cases, folds),
             "one_se_rule": alternative_rule(cases, obs, "one_se"),
+            "seed_floor": seed_floor_comparison(cases),
             "fast_mode": evaluate_fast(cases),
         }
     )
@@ -354,6 +356,42 @@ def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
             "fitted_thresholds_balanced_accuracy_in_sample": fit_all.balanced_accuracy,
         },
     ).to_dict()
+    return out
+
+
+def relative_cka_min(case: dict[str, Any], tasks: list[str], *, relative: bool) -> float:
+    """The group's smallest per-layer pair CKA, from the models ``seedcka`` retrained
+    (``pair_cka``), either as it is or divided by the two tasks' seed-to-seed CKA at that layer
+    (``CKA_ij / sqrt(S_i S_j)``: how similar two tasks' models are, against how similar two seeds
+    of one task's model are)."""
+    floor = case["seed_cka"]
+    pairs = {frozenset(k.split("+")): np.asarray(v) for k, v in case["pair_cka"].items()}
+    out = math.inf
+    for a, b in itertools.combinations(tasks, 2):
+        curve = pairs[frozenset((a, b))]
+        if relative:
+            curve = curve / np.sqrt(
+                np.clip(np.asarray(floor[a]) * np.asarray(floor[b]), 1e-6, None)
+            )
+        out = min(out, float(curve.min()))
+    return out
+
+
+def seed_floor_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Held-out scores with the groups' min CKA as it is and relative to the seed-to-seed CKA
+    (``relative_cka_min``), on the cases ``bench_quality.py seedcka`` has run on. A lead, not the
+    shipped evidence: the relative form needs a second fine-tune of every task."""
+    with_floor = [c for c in cases if "seed_cka" in c and "pair_cka" in c]
+    if len({c["dataset"] for c in with_floor}) < 2:
+        return None
+    out: dict[str, Any] = {"cases": len(with_floor)}
+    for relative in (False, True):
+        obs = [
+            dataclasses.replace(o, cka_min=relative_cka_min(c, list(g["tasks"]), relative=relative))
+            for c in with_floor
+            for o, g in zip(case_observations(c), c["groups"], strict=True)
+        ]
+        out["relative" if relative else "raw"] = leave_one_dataset_out(obs).scores()
     return out
 
 
@@ -537,6 +575,17 @@ def print_tables(part: dict[str, Any]) -> None:
             f"{alt['planted_recovered']}/{alt['planted_cases']} (default {sum(planted)}/"
             f"{len(planted)}); fitted on all: tau_rep {th['tau_rep']}, tau_grad "
             f"{th['tau_grad']}, rho {th['rho']}; fold tau_rep {alt['fold_tau_rep']}"
+        )
+    floor = part.get("seed_floor")
+    if floor:
+        r, q = floor["raw"], floor["relative"]
+        print(
+            f"min CKA relative to the seed-to-seed CKA ({floor['cases']} cases, models retrained "
+            f"on the CPU): held-out balanced accuracy, thresholds "
+            f"{fmt(q['balanced_accuracy_thresholds'])} (as it is: "
+            f"{fmt(r['balanced_accuracy_thresholds'])}), p_match "
+            f"{fmt(q['balanced_accuracy_p_match'])} ({fmt(r['balanced_accuracy_p_match'])}), "
+            f"Brier {fmt(q['brier_p_match'], '.3f')} ({fmt(r['brier_p_match'], '.3f')})"
         )
     fast = part.get("fast_mode")
     if fast and "fast" in fast:
