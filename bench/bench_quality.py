@@ -336,6 +336,20 @@ def default_suite() -> list[Case]:
             notes="3 tasks at middle noise again: 500 rows, generator seed 51",
         )
     )
+    # The same data at two more learning rates, in the same leave-one-dataset-out fold: how the
+    # ground truth and the CKA evidence move with how far training moves the models.
+    for lr, tag in ((3e-4, "lr3e-4"), (3e-5, "lr3e-5")):
+        cases.append(
+            Case(
+                name=f"synth-minilm-mid-t3-500-{tag}",
+                dataset="synth-minilm-mid-t3-500",
+                load=synth_loader((2, 1), NOISES["mid"], rows=500, classes=4, seed=51),
+                model="minilm-l6",
+                training=dataclasses.replace(minilm_synth, lr=lr),
+                seeds=5,
+                notes=f"synth-minilm-mid-t3-500's data at lr {lr:g}",
+            )
+        )
     return cases
 
 
