@@ -1,0 +1,173 @@
+"""The benchmark's scoring (bench/quality_report.py) on hand-built cases: regret against the best
+partition, CKA relative to the seed floor, and the alternative threshold rule."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import quality_report as qr
+
+TASKS = ["a", "b", "c"]
+
+
+def _pair(a: str, b: str, curve: list[float]) -> dict[str, Any]:
+    low = min(range(len(curve)), key=curve.__getitem__)
+    return {
+        "tasks": [a, b],
+        "cka_per_layer": curve,
+        "cka_min": curve[low],
+        "cka_min_layer": low,
+        "cka_mean": sum(curve) / len(curve),
+        "grad_cosine": 0.05,
+        "conflict_rate": 0.2,
+    }
+
+
+def _case(dataset: str, ab: float, ac: float, bc: float, floor: float = 1.0) -> dict[str, Any]:
+    """Three tasks; a group matches exactly when its weakest pair's CKA is 0.5 or more. STL
+    macro-F1 0.8 for every task; a matching group keeps it, a losing one costs 0.1 on each task."""
+    curves = {("a", "b"): [1.0, ab], ("a", "c"): [1.0, ac], ("b", "c"): [1.0, bc]}
+    pairs = [_pair(x, y, c) for (x, y), c in curves.items()]
+    cka = {frozenset(k): v[1] for k, v in curves.items()}
+    groups = []
+    for size in (2, 3):
+        for tasks in itertools.combinations(TASKS, size):
+            weakest = min(cka[frozenset(p)] for p in itertools.combinations(tasks, 2))
+            matches = weakest >= 0.5
+            f1 = 0.8 if matches else 0.7
+            groups.append(
+                {
+                    "tasks": list(tasks),
+                    "matches": matches,
+                    "mtl": {t: [f1, f1] for t in tasks},
+                    "seeds": [0, 1],
+                    "steps_per_seed": 100 * len(tasks),
+                    "seconds": 20.0 * len(tasks),
+                    "per_task": [
+                        {
+                            "task": t,
+                            "delta": f1 - 0.8,
+                            "tolerance": 0.02,
+                            "stl_spread": 0.01,
+                            "mtl_spread": 0.01,
+                        }
+                        for t in tasks
+                    ],
+                }
+            )
+    return {
+        "case": dataset,
+        "dataset": dataset,
+        "model": "minilm-l6",
+        "tasks": TASKS,
+        "planted": None,
+        "stl": {t: [0.8, 0.8] for t in TASKS},
+        "groups": groups,
+        "recommendation": {
+            "pairs": pairs,
+            "alignment": {"steps": 10, "samples": 2},
+            "timings": {"finetune": 30.0, "similarity": 1.0, "alignment": 2.0, "grouping": 0.0},
+        },
+        "stl_steps": {t: 100 for t in TASKS},
+        "training": {"batch_size": 32},
+        "seeds": [0, 1],
+        "group_mode": "all",
+        "seed_cka": {t: [1.0, floor] for t in TASKS},
+        "pair_cka": {f"{x}+{y}": c for (x, y), c in curves.items()},
+        "complete": True,
+    }
+
+
+def test_best_partition_and_regret() -> None:
+    case = _case("d", ab=0.9, ac=0.1, bc=0.1)
+    best, score = qr.best_partition(case)
+    # Every partition keeps 0.8 except those that group a losing pair.
+    assert score == pytest.approx(0.8)
+    assert all(len(g) == 1 or set(g) == {"a", "b"} for g in best)
+    f1 = qr.group_f1(case)
+    assert qr.partition_score([["a", "b", "c"]], f1) == pytest.approx(0.7)
+    assert qr.partition_score([["a", "b"], ["c"]], f1) == pytest.approx(0.8)
+    assert qr.partition_score([["a", "z"]], f1) is None  # not measured
+
+
+def test_relative_cka_divides_by_the_seed_floor() -> None:
+    case = _case("d", ab=0.3, ac=0.6, bc=0.4, floor=0.5)
+    assert qr.relative_cka_min(case, ["a", "b"], relative=False) == pytest.approx(0.3)
+    assert qr.relative_cka_min(case, ["a", "b"], relative=True) == pytest.approx(0.6)
+    # The group's weakest pair over every layer: b+c at the last layer, 0.4 / 0.5.
+    assert qr.relative_cka_min(case, ["a", "b", "c"], relative=True) == pytest.approx(0.6)
+    assert qr.relative_cka_min(case, ["b", "c"], relative=True) == pytest.approx(0.8)
+    uneven = _case("d", ab=0.3, ac=0.6, bc=0.4)
+    uneven["seed_cka"] = {"a": [1.0, 0.25], "b": [1.0, 1.0], "c": [1.0, 1.0]}
+    assert qr.relative_cka_min(uneven, ["a", "b"], relative=True) == pytest.approx(0.6)
+    assert qr.relative_cka_min(uneven, ["b", "c"], relative=True) == pytest.approx(0.4)
+
+
+def _cases() -> list[dict[str, Any]]:
+    return [
+        _case("d1", ab=0.9, ac=0.1, bc=0.2),
+        _case("d2", ab=0.8, ac=0.7, bc=0.6),
+        _case("d3", ab=0.2, ac=0.55, bc=0.15),
+        _case("d4", ab=0.45, ac=0.95, bc=0.3),
+    ]
+
+
+def test_alternative_rule_scores_a_separable_benchmark() -> None:
+    cases = _cases()
+    obs = [o for c in cases for o in qr.case_observations(c)]
+    best = qr.alternative_rule(cases, obs, "best")
+    strict = qr.alternative_rule(cases, obs, "one_se")
+    assert strict["rule"] == "one_se" and len(strict["fold_tau_rep"]) == 4
+    # Separable at CKA 0.5 (losing groups up to 0.45, matching ones from 0.55): the default rule
+    # keeps every fold's threshold between the classes it saw; the one-SE rule goes to the
+    # strict side, above every losing group.
+    assert all(0.3 < t <= 0.55 for t in best["fold_tau_rep"])
+    assert all(t > 0.45 for t in strict["fold_tau_rep"])
+    assert min(strict["fold_tau_rep"]) >= max(best["fold_tau_rep"])
+    # Splitting never costs F1 here (a matching group only keeps it), so neither rule has regret.
+    assert best["regret_max"] == 0.0 and strict["regret_max"] == 0.0
+    assert strict["regret_cases"] == 4 and strict["planted_cases"] == 0
+    assert best["balanced_accuracy_thresholds"] >= strict["balanced_accuracy_thresholds"] > 0.5
+
+
+def test_seed_floor_comparison_reads_both_forms() -> None:
+    cases = _cases()
+    out = qr.seed_floor_comparison(cases)
+    assert out is not None and out["cases"] == 4
+    # A floor of 1 everywhere: the relative form is the raw one.
+    assert out["raw"] == out["relative"]
+    assert out["raw"]["n_groups"] == sum(len(c["groups"]) for c in cases)
+    for c in cases:
+        del c["seed_cka"]
+    assert qr.seed_floor_comparison(cases) is None
+
+
+def test_cost_counts_steps_against_brute_force_hoa_and_tag() -> None:
+    out = qr.cost(_case("d", ab=0.9, ac=0.1, bc=0.2))
+    # Stage 3: 10 warm-up steps x 3 tasks + 2 samples x 3 x (1 + 3/3), at batch 16 of 32.
+    analysis = (10 * 3 + 2 * 3 * 2) * 16 / 32
+    assert out["recommendation_steps"] == pytest.approx(300 + analysis)
+    assert out["brute_force_steps"] == 4 * 300  # 2^(T-1) x the STL steps
+    assert out["brute_force_steps_measured"] == 300 + 3 * 200 + 300
+    assert out["ratio_hoa"] == pytest.approx((300 + analysis) / 900)
+    assert out["ratio_tag"] == pytest.approx((300 + analysis) / 300)
+    # Seconds: the fine-tunes plus each group's seconds per seed.
+    assert out["brute_force_s"] == pytest.approx(30.0 + (3 * 40.0 + 60.0) / 2)
+
+
+def test_outcome_margin_is_in_seed_standard_errors() -> None:
+    case = _case("d", ab=0.9, ac=0.1, bc=0.2)
+    entry = dict(case["groups"][0])  # a+b, matches at delta 0 with tolerance 0.02
+    entry["mtl"] = {"a": [0.80, 0.82], "b": [0.80, 0.82]}
+    # Per-seed differences 0.00 and 0.02: SE 0.01; margin (0 + 0.02) / 0.01 = 2.
+    assert qr.outcome_margin(case, entry) == pytest.approx(2.0)
+    entry["mtl"] = {"a": [0.8, 0.8], "b": [0.8, 0.8]}
+    assert qr.outcome_margin(case, entry) == math.inf
