@@ -133,6 +133,11 @@ class VerifiedTask(_Model):
     effect: Literal["helps", "neutral", "hurts"]
     stl_spread: float
     mtl_spread: float
+    seed_deltas: list[float] | None = Field(
+        default=None,
+        description="MTL minus STL macro-F1 for each seed, in the order of `seeds` (None: not "
+        "recorded).",
+    )
 
 
 class Verification(_Model):
@@ -145,6 +150,11 @@ class Verification(_Model):
     seeds: list[int]
     steps: int
     seconds: float
+    notes: list[str] = Field(
+        default_factory=list,
+        description="Warnings about this measurement: a seed whose MTL model fell below its STL "
+        "model by more than the tolerance while the mean over seeds stayed within it.",
+    )
 
 
 class Recommendation(_Model):
