@@ -150,11 +150,6 @@ class Verification(_Model):
     seeds: list[int]
     steps: int
     seconds: float
-    notes: list[str] = Field(
-        default_factory=list,
-        description="Warnings about this measurement: a seed whose MTL model fell below its STL "
-        "model by more than the tolerance while the mean over seeds stayed within it.",
-    )
 
 
 class Recommendation(_Model):

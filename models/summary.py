@@ -85,8 +85,9 @@ def render(rec: dict[str, Any]) -> str:
                     f" MTL {_pct(t['mtl_macro_f1'])}  delta {100 * t['delta']:+.1f}"
                     f" (tol {100 * t['tolerance']:.1f}) {t['effect']}"
                 )
-            for note in v.get("notes") or []:
-                lines.append(f"      note: {note}")
+                if len(t.get("seed_deltas") or []) > 1:
+                    per_seed = " ".join(f"{100 * d:+.1f}" for d in t["seed_deltas"])
+                    lines.append(f"        per seed: {per_seed}")
     lines.append("")
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in rec["timings"].items())
     lines.append(f"Timings: {timing}")
