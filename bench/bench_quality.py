@@ -590,16 +590,11 @@ def extend_case(case: Case, target: int) -> dict[str, Any]:
     return result
 
 
-def reanalyze_case(case: Case) -> dict[str, Any]:
-    """Seed 0's evidence again, with every key the runner now stores (per-task CKA to the
-    pretrained encoder, per-layer gradient cosines), for a case measured before they were kept.
-    The fine-tunes are retrained with seed 0 and the analysis rerun; the stored evidence is kept
-    under ``recommendation_before`` and the largest difference from it is printed (zero when
-    training is deterministic on this machine)."""
-    from models.pipeline import Progress, analyze, prepare, run_finetunes
+def seed0_job(case: Case, result: dict[str, Any]) -> Any:
+    """The case's job prepared on the CPU, with its seed-0 single-task models trained again (as
+    the runner trained them; deterministic here), for commands that recompute evidence."""
+    from models.pipeline import Progress, prepare, run_finetunes
 
-    path = OUT / f"{case.name}.json"
-    result = json.loads(path.read_text())
     frame, tasks, _ = case.load()
     spec = case_spec(
         case, frame, tasks, analysis=AnalysisConfig(device="cpu", thresholds=_thresholds(result))
@@ -608,6 +603,20 @@ def reanalyze_case(case: Case) -> dict[str, Any]:
     tracker = Progress(None, {"finetune": 1.0})
     tracker.start("finetune")
     run_finetunes(job, tracker, None, None, seeds=[case.training.seed])
+    return job
+
+
+def reanalyze_case(case: Case) -> dict[str, Any]:
+    """Seed 0's evidence again, with every key the runner now stores (per-task CKA to the
+    pretrained encoder, per-layer gradient cosines), for a case measured before they were kept.
+    The fine-tunes are retrained with seed 0 and the analysis rerun; the stored evidence is kept
+    under ``recommendation_before`` and the largest difference from it is printed (zero when
+    training is deterministic on this machine)."""
+    from models.pipeline import analyze
+
+    path = OUT / f"{case.name}.json"
+    result = json.loads(path.read_text())
+    job = seed0_job(case, result)
     rec = analyze(job)
     before = result["recommendation"]
     after = {
@@ -636,20 +645,13 @@ def seed_cka_case(case: Case) -> dict[str, Any]:
     import torch
 
     from models.finetune import finetune_task
-    from models.pipeline import Progress, prepare, run_finetunes
     from models.similarity import layerwise_pairwise_cka
 
     path = OUT / f"{case.name}.json"
     result = json.loads(path.read_text())
-    frame, tasks, _ = case.load()
-    spec = case_spec(
-        case, frame, tasks, analysis=AnalysisConfig(device="cpu", thresholds=_thresholds(result))
-    )
     t0 = time.perf_counter()
-    job = prepare(spec)
-    tracker = Progress(None, {"finetune": 1.0})
-    tracker.start("finetune")
-    run_finetunes(job, tracker, None, None, seeds=[case.training.seed])
+    job = seed0_job(case, result)
+    spec = job.spec
     names = list(job.tokenized)
     other = []
     for name in names:
@@ -688,16 +690,7 @@ def seed_cka_case(case: Case) -> dict[str, Any]:
 
 
 def cmd_seedcka(args: argparse.Namespace) -> int:
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    cases = {c.name: c for c in SUITES[args.suite]()}
-    for name in [w for w in args.only.split(",") if w] or list(cases):
-        path = OUT / f"{name}.json"
-        if name in cases and path.is_file() and "seconds" in json.loads(path.read_text()):
-            seed_cka_case(cases[name])
-    return 0
+    return each_measured_case(args, seed_cka_case)
 
 
 def _thresholds(result: dict[str, Any]) -> Any:
@@ -706,7 +699,8 @@ def _thresholds(result: dict[str, Any]) -> Any:
     return Thresholds(**result["recommendation"]["thresholds"])
 
 
-def cmd_reanalyze(args: argparse.Namespace) -> int:
+def each_measured_case(args: argparse.Namespace, work: Callable[[Case], Any]) -> int:
+    """``work`` on every measured case named by ``--only`` (all, in suite order, when empty)."""
     if args.threads:
         import torch
 
@@ -715,8 +709,12 @@ def cmd_reanalyze(args: argparse.Namespace) -> int:
     for name in [w for w in args.only.split(",") if w] or list(cases):
         path = OUT / f"{name}.json"
         if name in cases and path.is_file() and "seconds" in json.loads(path.read_text()):
-            reanalyze_case(cases[name])
+            work(cases[name])
     return 0
+
+
+def cmd_reanalyze(args: argparse.Namespace) -> int:
+    return each_measured_case(args, reanalyze_case)
 
 
 def cmd_extend(args: argparse.Namespace) -> int:

@@ -232,10 +232,10 @@ def judge_cases(
     return rows
 
 
-def fold_thresholds(obs: list[Observation], rule: str = "best") -> dict[str, grp.Thresholds]:
+def fold_thresholds(obs: list[Observation]) -> dict[str, grp.Thresholds]:
     out = {}
     for held in sorted({o.dataset for o in obs}):
-        out[held] = fit_thresholds([o for o in obs if o.dataset != held], rule=rule).thresholds
+        out[held] = fit_thresholds([o for o in obs if o.dataset != held]).thresholds
     return out
 
 
@@ -246,7 +246,7 @@ def alternative_rule(
     (``models.calibration.fit_thresholds``), beside the default rule's: ``one_se`` was chosen on
     the 14 cases of 2026-11-26 and is to be judged on cases added after it."""
     held = leave_one_dataset_out(obs, rule=rule)
-    folds = fold_thresholds(obs, rule)
+    folds = {f["dataset"]: grp.Thresholds(**f["thresholds"]) for f in held.folds}
     rows = judge_cases(cases, folds)
     regrets = [r["regret_points"] for r in rows if r["regret_points"] is not None]
     planted = [r["planted_recovered"] for r in rows if r["planted_recovered"] is not None]

@@ -15,6 +15,7 @@ from models.calibration import (
     Calibration,
     CalibrationError,
     Observation,
+    ThresholdFit,
     balanced_accuracy,
     brier,
     fit_calibration,
@@ -40,6 +41,12 @@ def _pair(a: str, b: str, cka: float, grad: float, conflict: float = 0.0) -> dic
 
 def _obs(dataset: str, cka: float, grad: float, conflict: float, matches: bool) -> Observation:
     return Observation(dataset, ("a", "b"), cka, (1 + cka) / 2, grad, conflict, matches)
+
+
+def _threshold_verdicts(obs: list[Observation], fit: ThresholdFit) -> np.ndarray:
+    x = np.array([o.features() for o in obs])
+    th = fit.thresholds
+    return (x[:, 0] >= th.tau_rep) & (x[:, 2] >= th.tau_grad) & (x[:, 3] <= th.rho)
 
 
 def _separable(n: int, seed: int, datasets: int = 3) -> list[Observation]:
@@ -121,12 +128,7 @@ def test_fitted_thresholds_beat_or_equal_every_constant_verdict(seed: int) -> No
     ]
     fit = fit_thresholds(obs)
     assert fit.balanced_accuracy >= 0.5
-    x = np.array([o.features() for o in obs])
-    pred = (
-        (x[:, 0] >= fit.thresholds.tau_rep)
-        & (x[:, 2] >= fit.thresholds.tau_grad)
-        & (x[:, 3] <= fit.thresholds.rho)
-    )
+    pred = _threshold_verdicts(obs, fit)
     assert balanced_accuracy([o.matches for o in obs], pred.tolist()) == pytest.approx(
         fit.balanced_accuracy
     )
@@ -166,12 +168,7 @@ def test_one_se_rule_stays_within_one_standard_error(seed: int) -> None:
     y = np.array([o.matches for o in obs])
     se = 0.5 * math.sqrt(best * (1 - best) / y.sum() + best * (1 - best) / (~y).sum())
     assert best - se - 1e-9 <= fit.balanced_accuracy <= best + 1e-12
-    x = np.array([o.features() for o in obs])
-    pred = (
-        (x[:, 0] >= fit.thresholds.tau_rep)
-        & (x[:, 2] >= fit.thresholds.tau_grad)
-        & (x[:, 3] <= fit.thresholds.rho)
-    )
+    pred = _threshold_verdicts(obs, fit)
     assert balanced_accuracy(y.tolist(), pred.tolist()) == pytest.approx(fit.balanced_accuracy)
 
 
