@@ -350,6 +350,28 @@ def default_suite() -> list[Case]:
                 notes=f"synth-minilm-mid-t3-500's data at lr {lr:g}",
             )
         )
+    # Added 2026-11-26 (sixth session), before any was run, for a lent GPU: the three birds
+    # pairs no 5,000-row case had measured (effect+sky, effect+birds_struck, sky+time_of_day),
+    # each on its own rows, plain or class-balanced losses as marked.
+    for tag, tasks, seed, weights in (
+        ("d", ["effect", "sky", "birds_struck"], 17, "none"),
+        ("e", ["sky", "time_of_day", "effect"], 19, "balanced"),
+        ("f", ["birds_struck", "time_of_day", "sky"], 23, "none"),
+    ):
+        cases.append(
+            Case(
+                name=f"birds-minilm-5k-{tag}-t3",
+                dataset=f"birds-minilm-5k-{tag}-t3",
+                load=birds_loader(5000, tasks, seed=seed),
+                model="minilm-l6",
+                training=dataclasses.replace(
+                    minilm_synth, max_length=64, class_weights=weights
+                ),
+                seeds=5,
+                notes=f"5,000 birds rows (sample seed {seed}), class weights {weights}: "
+                "run on a GPU",
+            )
+        )
     return cases
 
 
