@@ -357,6 +357,10 @@ def default_suite() -> list[Case]:
         ("d", ["effect", "sky", "birds_struck"], 17, "none"),
         ("e", ["sky", "time_of_day", "effect"], 19, "balanced"),
         ("f", ["birds_struck", "time_of_day", "sky"], 23, "none"),
+        # and three more, defined after d-f ran and before these did: each pair again on new rows
+        ("g", ["phase_of_flt", "sky", "time_of_day"], 29, "none"),
+        ("h", ["effect", "birds_struck", "time_of_day"], 31, "balanced"),
+        ("i", ["phase_of_flt", "effect", "sky"], 37, "none"),
     ):
         cases.append(
             Case(
