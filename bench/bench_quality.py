@@ -368,9 +368,7 @@ def default_suite() -> list[Case]:
                 dataset=f"birds-minilm-5k-{tag}-t3",
                 load=birds_loader(5000, tasks, seed=seed),
                 model="minilm-l6",
-                training=dataclasses.replace(
-                    minilm_synth, max_length=64, class_weights=weights
-                ),
+                training=dataclasses.replace(minilm_synth, max_length=64, class_weights=weights),
                 seeds=5,
                 notes=f"5,000 birds rows (sample seed {seed}), class weights {weights}: "
                 "run on a GPU",

@@ -37,7 +37,7 @@ from models.calibration import (
     leave_one_dataset_out,
     observation,
 )
-from models.options import LEARN_MARGIN
+from models.options import LEARN_MARGIN, AnalysisConfig
 
 SHIP = Path(__file__).resolve().parents[1] / "models" / "calibration.json"
 
@@ -58,6 +58,12 @@ def case_observations(case: dict[str, Any], *, fast: bool = False) -> list[Obser
     return [observation(case["dataset"], g["tasks"], pairs, g["matches"]) for g in case["groups"]]
 
 
+def seed_diffs(case: dict[str, Any], entry: dict[str, Any], task: str) -> np.ndarray:
+    """A task's per-seed macro-F1 differences MTL - STL in one measured group."""
+    mtl = np.asarray(entry["mtl"][task], dtype=float)
+    return mtl - np.asarray(case["stl"][task][: len(mtl)], dtype=float)
+
+
 def outcome_margin(case: dict[str, Any], entry: dict[str, Any]) -> float:
     """How clearly a group's measured outcome was decided: over its tasks, the smallest
     ``(delta + tolerance) / SE``, SE being the standard error of the per-seed differences MTL - STL
@@ -66,12 +72,77 @@ def outcome_margin(case: dict[str, Any], entry: dict[str, Any]) -> float:
     that no evidence can be expected to predict."""
     worst = math.inf
     for p in entry["per_task"]:
-        mtl = np.asarray(entry["mtl"][p["task"]], dtype=float)
-        diffs = mtl - np.asarray(case["stl"][p["task"]][: len(mtl)], dtype=float)
+        diffs = seed_diffs(case, entry, p["task"])
         se = float(diffs.std(ddof=1)) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
         edge = p["delta"] + p["tolerance"]
         worst = min(worst, edge / se if se > 0 else math.copysign(math.inf, edge))
     return worst
+
+
+def retest_ceiling(
+    cases: list[dict[str, Any]], *, replicates: int = 2000, seed: int = 0
+) -> dict[str, Any] | None:
+    """How well any evidence could agree with the measured outcomes: the seeds of every group
+    are drawn again with replacement (one draw per seed, shared by the group's tasks, as they share
+    the MTL model) and the group is decided again as ``models.verify.compare_group`` does:
+    matches unless some task's mean difference is below ``-max(fixed, 2 SD / sqrt(n))``. The fixed
+    part is the stored tolerance where the seed part did not set it, else the smallest tolerance
+    (``AnalysisConfig.tolerance``). ``q`` is a group's share of re-measurements that match.
+
+    ``ceiling``: the balanced accuracy, against the re-measurements, of a predictor that knows
+    each ``q`` and says "matches" when it is 0.5 or more (mean and 5-95% over the replicates);
+    ``agreement``: that of the measured outcomes themselves. An estimate from at most a handful of
+    seeds: resampling them treats the observed spread as the true one (and a 5-seed bootstrap
+    narrows it by sqrt(4/5)), and the bootstrap part of the tolerance is not stored. Groups whose
+    stored outcome the recomputation does not reproduce are counted, not used."""
+    floor = AnalysisConfig().tolerance
+    rng = np.random.default_rng(seed)
+    q, draws, measured, mismatched = [], [], [], 0
+    for case in cases:
+        for entry in case["groups"]:
+            diffs = np.array([seed_diffs(case, entry, p["task"]) for p in entry["per_task"]])
+            n = diffs.shape[1]
+            if n < 2:
+                continue
+            seed_part = 2.0 * diffs.std(axis=1, ddof=1) / math.sqrt(n)
+            stored = np.array([p["tolerance"] for p in entry["per_task"]])
+            fixed = np.where(stored > seed_part + 1e-12, stored, floor)
+            again = bool((diffs.mean(axis=1) >= -np.maximum(fixed, seed_part)).all())
+            if again != bool(entry["matches"]):
+                mismatched += 1
+                continue
+            redrawn = diffs[:, rng.integers(0, n, size=(replicates, n))]  # tasks x R x n
+            tol = np.maximum(fixed[:, None], 2.0 * redrawn.std(axis=2, ddof=1) / math.sqrt(n))
+            y = (redrawn.mean(axis=2) >= -tol).all(axis=0)
+            q.append(float(y.mean()))
+            draws.append(y)
+            measured.append(bool(entry["matches"]))
+    if not draws:
+        return None
+    y_all = np.array(draws)  # groups x R
+    knows_q = np.array(q) >= 0.5
+    as_measured = np.array(measured)
+
+    def scores(pred: np.ndarray) -> list[float]:
+        out = []
+        for y in y_all.T:
+            if y.all() or not y.any():
+                continue
+            out.append(0.5 * ((pred & y).sum() / y.sum() + (~pred & ~y).sum() / (~y).sum()))
+        return out
+
+    ceiling, agreement = scores(knows_q), scores(as_measured)
+    qs = np.array(q)
+    return {
+        "groups": len(q),
+        "not_reproduced": mismatched,
+        "replicates": replicates,
+        "ceiling": float(np.mean(ceiling)) if ceiling else None,
+        "ceiling_5_95": [float(v) for v in np.percentile(ceiling, [5, 95])] if ceiling else None,
+        "agreement": float(np.mean(agreement)) if agreement else None,
+        "flip_rate": float(np.mean(np.where(as_measured, 1.0 - qs, qs))),
+        "coin_tosses": int(((qs > 0.2) & (qs < 0.8)).sum()),
+    }
 
 
 def learnt_tasks(case: dict[str, Any]) -> set[str] | None:
@@ -343,6 +414,7 @@ def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
             "one_se_rule": alternative_rule(cases, obs, "one_se"),
             "seed_floor": seed_floor_comparison(cases),
             "fast_mode": evaluate_fast(cases),
+            "retest": retest_ceiling(cases),
         }
     )
     cal = fit_calibration(
@@ -596,6 +668,17 @@ def print_tables(part: dict[str, Any]) -> None:
             f"(full: {fmt(g['balanced_accuracy_thresholds'])}), p_match "
             f"{fmt(f['balanced_accuracy_p_match'])} (full: {fmt(g['balanced_accuracy_p_match'])})"
             f", Brier {fmt(f['brier_p_match'], '.3f')} (full: {fmt(g['brier_p_match'], '.3f')})"
+        )
+    retest = part.get("retest")
+    if retest and retest["ceiling"] is not None:
+        lo, hi = retest["ceiling_5_95"]
+        print(
+            f"re-measuring ({retest['groups']} groups, their seeds drawn again "
+            f"{retest['replicates']} times): balanced accuracy of a predictor that knows each "
+            f"group's chance to match {retest['ceiling']:.2f} (5-95% {lo:.2f}-{hi:.2f}), of the "
+            f"measured outcomes {retest['agreement']:.2f}; {retest['flip_rate']:.0%} of outcomes "
+            f"flip on average, {retest['coin_tosses']} groups match in 20-80% of re-measurements"
+            + (f"; {retest['not_reproduced']} not reproduced" if retest["not_reproduced"] else "")
         )
     rows = part["rows"]
     again = sum(r["remeasured"] for r in rows)

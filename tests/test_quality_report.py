@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
@@ -171,3 +174,75 @@ def test_outcome_margin_is_in_seed_standard_errors() -> None:
     assert qr.outcome_margin(case, entry) == pytest.approx(2.0)
     entry["mtl"] = {"a": [0.8, 0.8], "b": [0.8, 0.8]}
     assert qr.outcome_margin(case, entry) == math.inf
+
+
+def test_retest_ceiling_is_one_where_the_seeds_agree() -> None:
+    # Every seed gives the same difference, far from the tolerance: a re-measurement always
+    # agrees, so a predictor that knows it, and the measured outcomes, both score 1.
+    out = qr.retest_ceiling(_cases(), replicates=200)
+    assert out is not None
+    assert out["groups"] == 16 and out["not_reproduced"] == 0
+    assert out["ceiling"] == 1.0 and out["agreement"] == 1.0
+    assert out["flip_rate"] == 0.0 and out["coin_tosses"] == 0
+
+
+def _straddling(case: dict[str, Any]) -> dict[str, Any]:
+    """``case`` with a+b measured on five seeds whose differences straddle the tolerance: mean
+    -0.015 against a tolerance max(0.01, 2 SD / sqrt(5)) = 0.0134, so it just loses."""
+    entry = case["groups"][0]
+    assert entry["tasks"] == ["a", "b"]
+    diffs = [-0.030, 0.000, -0.030, 0.000, -0.015]
+    case["stl"] = {t: [0.8] * 5 for t in TASKS}
+    for g in case["groups"]:
+        g["mtl"] = {t: [v[0]] * 5 for t, v in g["mtl"].items()}
+    entry["mtl"] = {"a": [0.8 + d for d in diffs], "b": [0.8] * 5}
+    sd = float(np.std(diffs, ddof=1))
+    entry["per_task"][0]["tolerance"] = max(0.01, 2 * sd / math.sqrt(5))
+    entry["per_task"][0]["delta"] = float(np.mean(diffs))
+    entry["matches"] = float(np.mean(diffs)) >= -entry["per_task"][0]["tolerance"]
+    return case
+
+
+def test_retest_ceiling_counts_a_coin_toss() -> None:
+    cases = _cases()
+    _straddling(cases[1])
+    assert cases[1]["groups"][0]["matches"] is False
+    out = qr.retest_ceiling(cases, replicates=500)
+    assert out is not None and out["not_reproduced"] == 0
+    # One group of 16 now flips often; the others never do.
+    assert out["coin_tosses"] == 1
+    assert 0.0 < out["flip_rate"] <= 0.5 / 16
+    assert out["ceiling"] < 1.0 and out["agreement"] < 1.0
+
+
+def test_retest_ceiling_skips_what_it_cannot_reproduce() -> None:
+    cases = _cases()
+    cases[0]["groups"][0]["matches"] = not cases[0]["groups"][0]["matches"]
+    out = qr.retest_ceiling(cases, replicates=50)
+    assert out is not None and out["not_reproduced"] == 1 and out["groups"] == 15
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    diffs=st.lists(st.lists(st.floats(-0.2, 0.2), min_size=5, max_size=5), min_size=2, max_size=3),
+    fixed=st.floats(0.01, 0.05),
+)
+def test_retest_reproduces_the_verification_rule(diffs: list[list[float]], fixed: float) -> None:
+    # A group decided as models.verify.compare_group decides it (tolerance max(fixed, 2 SD /
+    # sqrt(n)) per task) is always reproduced, and the scores are proportions.
+    tasks = TASKS[: len(diffs)]
+    per_task, matches = [], True
+    for t, d in zip(tasks, diffs, strict=True):
+        tol = max(fixed, 2 * float(np.std(d, ddof=1)) / math.sqrt(5))
+        matches = matches and float(np.mean(d)) >= -tol
+        per_task.append({"task": t, "delta": float(np.mean(d)), "tolerance": tol})
+    entry = {
+        "tasks": tasks,
+        "matches": matches,
+        "mtl": {t: [0.5 + x for x in d] for t, d in zip(tasks, diffs, strict=True)},
+        "per_task": per_task,
+    }
+    case = {"stl": {t: [0.5] * 5 for t in TASKS}, "groups": [entry]}
+    out = qr.retest_ceiling([case], replicates=100)
+    assert out is not None and out["not_reproduced"] == 0 and out["groups"] == 1
+    assert 0.0 <= out["flip_rate"] <= 1.0
