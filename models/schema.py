@@ -147,6 +147,15 @@ class Verification(_Model):
     predicted: bool
     outcome: Literal["confirmed", "refuted"]
     noise_method: Literal["bootstrap", "seeds"]
+    margin_se: float | None = Field(
+        default=None,
+        description="How decisively the measurement came out: over the group's tasks, the "
+        "smallest (delta + tolerance) / SE, SE being the standard error of the per-seed "
+        "differences (several seeds) or of the held-out bootstrap (one seed). Positive: the "
+        "group matches; between -1 and 1 one standard error would turn the outcome over, so "
+        "measure again with more seeds before acting on it. None: no spread to measure it by, "
+        "or not recorded.",
+    )
     seeds: list[int]
     steps: int
     seconds: float

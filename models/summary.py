@@ -75,9 +75,15 @@ def render(rec: dict[str, Any]) -> str:
         lines.append("")
         lines.append("Verification (measured MTL vs STL macro-F1 on held-out data):")
         for v in rec["verification"]:
+            margin = v.get("margin_se")
+            decided = ""
+            if margin is not None:
+                decided = f"; margin {margin:+.1f} SE" + (
+                    ", a coin toss: measure again with more seeds" if abs(margin) < 1 else ""
+                )
             lines.append(
                 f"  [{', '.join(v['tasks'])}]: {'matches' if v['matches'] else 'loses'}"
-                f" (predicted {'match' if v['predicted'] else 'loss'}: {v['outcome']})"
+                f" (predicted {'match' if v['predicted'] else 'loss'}: {v['outcome']}{decided})"
             )
             for t in v["per_task"]:
                 lines.append(

@@ -20,6 +20,7 @@ stay within it; the per-seed values show it.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -113,6 +114,18 @@ def bootstrap_se(
     return float(diffs.std(ddof=1))
 
 
+def decision_margin(delta: float, tolerance: float, se: float) -> float:
+    """How decisively one task's comparison came out: ``(delta + tolerance) / se``, the distance
+    from the "hurts" boundary in standard errors of the difference (positive: within the
+    tolerance; between -1 and 1: one standard error would move it across). ``se`` is the per-seed
+    differences' standard error with several seeds, the held-out bootstrap's with one; without
+    spread the margin is infinite, with the sign of ``delta + tolerance``."""
+    edge = delta + tolerance
+    if se > 0:
+        return edge / se
+    return math.copysign(math.inf, edge) if edge != 0 else 0.0
+
+
 def compare_group(
     group: Sequence[str],
     tasks: Mapping[str, TokenizedTask],
@@ -127,23 +140,28 @@ def compare_group(
     matches = True
     n_seeds = len(mtl)
     method = "seeds" if n_seeds > 1 else "bootstrap"
+    margin = math.inf
     for name in group:
         task = tasks[name]
         stl_f1 = np.array([f1 for f1, _ in stl[name][:n_seeds]])
         mtl_f1 = np.array([m.macro_f1[name] for m in mtl])
         diffs = mtl_f1 - stl_f1
         delta = float(diffs.mean())
-        noise = 2.0 * bootstrap_se(
+        boot_se = bootstrap_se(
             task.val_labels,
             np.asarray(stl[name][0][1]),
             np.asarray(mtl[0].val_preds[name]),
             task.n_classes,
         )
+        noise = 2.0 * boot_se
+        se = boot_se
         if n_seeds > 1:
-            noise = max(noise / np.sqrt(n_seeds), 2.0 * float(diffs.std(ddof=1)) / np.sqrt(n_seeds))
+            se = float(diffs.std(ddof=1)) / np.sqrt(n_seeds)
+            noise = max(noise / np.sqrt(n_seeds), 2.0 * se)
         tol = max(tolerance, noise)
         effect = "helps" if delta > tol else "hurts" if delta < -tol else "neutral"
         matches = matches and effect != "hurts"
+        margin = min(margin, decision_margin(delta, tol, float(se)))
         per_task.append(
             {
                 "task": name,
@@ -164,6 +182,7 @@ def compare_group(
         "predicted": predicted,
         "outcome": "confirmed" if matches == predicted else "refuted",
         "noise_method": method,
+        "margin_se": float(margin) if math.isfinite(margin) else None,
         "seeds": [m.seed for m in mtl],
         "steps": sum(m.steps for m in mtl),
         "seconds": sum(m.seconds for m in mtl),

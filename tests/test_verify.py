@@ -3,12 +3,17 @@ the tolerance, the effect, and the per-seed differences that show a run which fe
 
 from __future__ import annotations
 
+import math
+from unittest.mock import patch
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.schema import Verification
 from models.training import TokenizedTask
-from models.verify import MTLResult, compare_group
+from models.verify import MTLResult, compare_group, decision_margin
 
 LABELS = np.array([0, 1] * 20)
 
@@ -81,3 +86,53 @@ def test_the_summary_and_the_report_show_the_per_seed_differences() -> None:
     assert text.count("per seed:") == 1  # topic has none recorded
     page = standalone_report(rec, "job-1", server="http://localhost")
     assert "per seed: +0.000 +0.000 +0.000 +0.000 -0.600" in page
+    # The diverged seed leaves the mean one standard error inside the tolerance.
+    assert "matches (predicted match: confirmed; margin +1.0 SE" in text
+    assert "margin +1.0 SE" in page
+
+
+def test_the_margin_is_in_standard_errors_of_the_difference() -> None:
+    # Per-seed differences 0, 0, 0, 0, -0.6: SE 0.12, tolerance 2 SE, mean -0.12, so the mean sits
+    # (-0.12 + 0.24) / 0.12 = 1 SE inside the "hurts" boundary.
+    entry = _entry([0.8] * 5, [0.8, 0.8, 0.8, 0.8, 0.2])
+    assert entry["margin_se"] == pytest.approx(1.0)
+    assert Verification.model_validate(entry).margin_se == pytest.approx(1.0)
+    # One seed and identical predictions: no spread to measure the margin by.
+    assert _entry([0.8], [0.5])["margin_se"] is None
+    assert decision_margin(-0.3, 0.01, 0.0) == -math.inf
+    assert decision_margin(0.05, 0.01, 0.02) == pytest.approx(3.0)
+    assert decision_margin(-0.01, 0.01, 0.0) == 0.0
+
+
+def test_a_coin_toss_is_called_one_in_the_summary() -> None:
+    from models.summary import render
+    from tests.test_api_jobs import sample_recommendation
+
+    # Mean -0.016 against a tolerance of 2 SE = 0.01625: inside it by 0.03 SE.
+    entry = _entry([0.8] * 5, [0.8, 0.79, 0.76, 0.8, 0.77])
+    data = sample_recommendation()
+    data["verification"] = [{**entry, "tasks": ["sentiment", "topic"]}]
+    text = render(data)
+    assert "a coin toss: measure again with more seeds" in text
+    assert entry["matches"] and 0 <= entry["margin_se"] < 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 1.0), min_size=2, max_size=6).flatmap(
+        lambda stl: st.tuples(
+            st.just(stl), st.lists(st.floats(0.0, 1.0), min_size=len(stl), max_size=len(stl))
+        )
+    ),
+    st.floats(0.0, 0.1),
+)
+def test_the_margin_has_the_sign_of_the_outcome(
+    f1s: tuple[list[float], list[float]], tolerance: float
+) -> None:
+    stl, mtl = f1s
+    # _entry's predictions are the same everywhere, so the bootstrap SE is 0: skip computing it.
+    with patch("models.verify.bootstrap_se", return_value=0.0):
+        entry = _entry(stl, mtl, tolerance=tolerance)
+    margin = entry["margin_se"]
+    if margin is not None:
+        assert entry["matches"] == (margin >= 0)
