@@ -415,6 +415,7 @@ def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
             "seed_floor": seed_floor_comparison(cases),
             "fast_mode": evaluate_fast(cases),
             "retest": retest_ceiling(cases),
+            "partial_cka": partial_cka_comparison(cases),
         }
     )
     cal = fit_calibration(
@@ -465,6 +466,93 @@ def seed_floor_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
         ]
         out["relative" if relative else "raw"] = leave_one_dataset_out(obs).scores()
     return out
+
+
+# How far (1 - CKA to the pretrained encoder) both tasks' models must have moved at a layer for
+# that layer to count in the partial CKA; the comparison picks one per fold, in sample.
+PARTIAL_MOVES = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
+
+
+def partial_cka_min(case: dict[str, Any], tasks: list[str], move: float) -> float | None:
+    """The group's smallest per-layer *partial* CKA, over its pairs and the layers where both
+    tasks' models moved at least ``move`` from the pretrained encoder (``1 - C_i >= move``, C_i
+    being the task model's CKA to the pretrained one at that layer). Reading CKA as a correlation,
+    two models that each drifted from a shared start independently have ``C_ij ~ C_i C_j``; the
+    partial form ``(C_ij - C_i C_j) / sqrt((1 - C_i^2)(1 - C_j^2))`` is how much of their drift
+    they share: near 1 when they moved together, near 0 or below when apart. A group none of whose
+    pairs has such a layer gets 1.0 (its models barely left the shared encoder). None when the
+    case did not store the CKA to the pretrained encoder."""
+    stored = case["recommendation"].get("tasks") or []
+    pre = {
+        t["name"]: np.asarray(t["cka_to_pretrained"]) for t in stored if t.get("cka_to_pretrained")
+    }
+    if not set(tasks) <= set(pre):
+        return None
+    pairs = {
+        frozenset(p["tasks"]): np.asarray(p["cka_per_layer"])
+        for p in case["recommendation"]["pairs"]
+    }
+    out = 1.0
+    for a, b in itertools.combinations(tasks, 2):
+        c, ca, cb = pairs[frozenset((a, b))], pre[a], pre[b]
+        moved = (1.0 - ca >= move) & (1.0 - cb >= move)
+        if moved.any():
+            partial = (c - ca * cb) / np.sqrt(np.clip((1.0 - ca**2) * (1.0 - cb**2), 1e-12, None))
+            out = min(out, float(partial[moved].min()))
+    return out
+
+
+def partial_observations(cases: list[dict[str, Any]], move: float) -> list[Observation] | None:
+    """The cases' observations with ``cka_min`` replaced by :func:`partial_cka_min`; None when
+    some case lacks the CKA to the pretrained encoder."""
+    obs = []
+    for c in cases:
+        for o, g in zip(case_observations(c), c["groups"], strict=True):
+            value = partial_cka_min(c, list(g["tasks"]), move)
+            if value is None:
+                return None
+            obs.append(dataclasses.replace(o, cka_min=value))
+    return obs
+
+
+def partial_cka_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A lead, not the shipped evidence: the held-out balanced accuracy of the thresholds with the
+    partial CKA (:func:`partial_cka_min`) in place of the raw one, on the cases that stored the CKA
+    to the pretrained encoder. ``nested``: each fold picks ``move`` from :data:`PARTIAL_MOVES` by
+    the in-sample balanced accuracy of its own fit, so the choice never sees the dataset it
+    predicts; ``by_move``: every move's plain leave-one-dataset-out scores (the best of those is
+    chosen with hindsight)."""
+    usable = [c for c in cases if partial_observations([c], PARTIAL_MOVES[0]) is not None]
+    if len({c["dataset"] for c in usable}) < 3:
+        return None
+    raw = [o for c in usable for o in case_observations(c)]
+    by_move = {m: partial_observations(usable, m) or [] for m in PARTIAL_MOVES}
+    y: list[bool] = []
+    verdicts: list[bool] = []
+    chosen: list[float] = []
+    for d in sorted({o.dataset for o in raw}):
+        fits = [
+            (fit_thresholds([o for o in by_move[m] if o.dataset != d]), m) for m in PARTIAL_MOVES
+        ]
+        fit, move = max(fits, key=lambda f: f[0].balanced_accuracy)  # ties: the smallest move
+        th = fit.thresholds
+        chosen.append(move)
+        for o in by_move[move]:
+            if o.dataset == d:
+                y.append(o.matches)
+                verdicts.append(
+                    o.cka_min >= th.tau_rep
+                    and o.grad_cosine >= th.tau_grad
+                    and o.conflict_rate <= th.rho
+                )
+    return {
+        "cases": len(usable),
+        "n_groups": len(raw),
+        "raw": leave_one_dataset_out(raw).scores(),
+        "nested_balanced_accuracy": balanced_accuracy(y, verdicts),
+        "nested_moves": chosen,
+        "by_move": {str(m): leave_one_dataset_out(obs).scores() for m, obs in by_move.items()},
+    }
 
 
 def evaluate_fast(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -668,6 +756,22 @@ def print_tables(part: dict[str, Any]) -> None:
             f"(full: {fmt(g['balanced_accuracy_thresholds'])}), p_match "
             f"{fmt(f['balanced_accuracy_p_match'])} (full: {fmt(g['balanced_accuracy_p_match'])})"
             f", Brier {fmt(f['brier_p_match'], '.3f')} (full: {fmt(g['brier_p_match'], '.3f')})"
+        )
+    partial = part.get("partial_cka")
+    if partial:
+        best = max(partial["by_move"].items(), key=lambda kv: kv[1]["balanced_accuracy_thresholds"])
+        moves = sorted(set(partial["nested_moves"]))
+        print(
+            f"partial CKA (the share of two models' drift from the pretrained encoder they share; "
+            f"{partial['cases']} cases, {partial['n_groups']} groups): held-out balanced accuracy, "
+            f"thresholds, move chosen inside each fold {fmt(partial['nested_balanced_accuracy'])} "
+            f"(moves {', '.join(f'{m:g}' for m in moves)}; raw CKA on the same groups "
+            f"{fmt(partial['raw']['balanced_accuracy_thresholds'])}); best move in hindsight "
+            f"{best[0]}: thresholds {fmt(best[1]['balanced_accuracy_thresholds'])}, p_match "
+            f"{fmt(best[1]['balanced_accuracy_p_match'])}, Brier "
+            f"{fmt(best[1]['brier_p_match'], '.3f')}"
+            f" (raw: {fmt(partial['raw']['balanced_accuracy_p_match'])}, "
+            f"{fmt(partial['raw']['brier_p_match'], '.3f')})"
         )
     retest = part.get("retest")
     if retest and retest["ceiling"] is not None:

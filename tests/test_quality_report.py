@@ -246,3 +246,48 @@ def test_retest_reproduces_the_verification_rule(diffs: list[list[float]], fixed
     out = qr.retest_ceiling([case], replicates=100)
     assert out is not None and out["not_reproduced"] == 0 and out["groups"] == 1
     assert 0.0 <= out["flip_rate"] <= 1.0
+
+
+def _drifted(case: dict[str, Any], drift: dict[str, list[float]]) -> dict[str, Any]:
+    case["recommendation"]["tasks"] = [{"name": t, "cka_to_pretrained": drift[t]} for t in TASKS]
+    return case
+
+
+def test_partial_cka_is_the_share_of_the_drift_two_models_share() -> None:
+    # Two layers; at the second every model moved to CKA 0.6 from the pretrained encoder.
+    drift = {t: [1.0, 0.6] for t in TASKS}
+    case = _drifted(_case("d", ab=1.0, ac=0.36, bc=0.68), drift)
+    # a+b moved together (CKA 1): 1. a+c moved independently (0.36 = 0.6 x 0.6): 0.
+    assert qr.partial_cka_min(case, ["a", "b"], 0.2) == pytest.approx(1.0)
+    assert qr.partial_cka_min(case, ["a", "c"], 0.2) == pytest.approx(0.0, abs=1e-9)
+    assert qr.partial_cka_min(case, ["b", "c"], 0.2) == pytest.approx((0.68 - 0.36) / 0.64)
+    assert qr.partial_cka_min(case, ["a", "b", "c"], 0.2) == pytest.approx(0.0, abs=1e-9)
+    # No layer where both moved 0.5 or more: the models barely left the shared encoder.
+    assert qr.partial_cka_min(case, ["a", "c"], 0.5) == 1.0
+    del case["recommendation"]["tasks"]
+    assert qr.partial_cka_min(case, ["a", "b"], 0.2) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(0.05, 0.95), st.floats(0.05, 0.95), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+def test_partial_cka_rises_with_the_pair_cka(ca: float, cb: float, low: float, high: float) -> None:
+    low, high = sorted((low, high))
+    drift = {"a": [1.0, ca], "b": [1.0, cb], "c": [1.0, 0.5]}
+    values = [
+        qr.partial_cka_min(_drifted(_case("d", ab=v, ac=0.5, bc=0.5), drift), ["a", "b"], 0.01)
+        for v in (low, high)
+    ]
+    assert values[0] is not None and values[1] is not None
+    assert values[0] <= values[1] + 1e-12
+
+
+def test_partial_cka_comparison_picks_the_move_inside_each_fold() -> None:
+    cases = [_drifted(c, {t: [1.0, 0.5] for t in TASKS}) for c in _cases()]
+    out = qr.partial_cka_comparison(cases)
+    assert out is not None and out["cases"] == 4 and out["n_groups"] == 16
+    assert len(out["nested_moves"]) == 4
+    assert set(out["nested_moves"]) <= set(qr.PARTIAL_MOVES)
+    assert set(out["by_move"]) == {str(m) for m in qr.PARTIAL_MOVES}
+    del cases[0]["recommendation"]["tasks"]
+    del cases[1]["recommendation"]["tasks"]
+    assert qr.partial_cka_comparison(cases) is None  # two datasets left: too few
