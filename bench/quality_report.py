@@ -515,6 +515,18 @@ def partial_observations(cases: list[dict[str, Any]], move: float) -> list[Obser
     return obs
 
 
+def with_partial_cka(case: dict[str, Any], move: float) -> dict[str, Any]:
+    """``case`` with every pair's ``cka_min`` replaced by its partial CKA (:func:`partial_cka_min`),
+    so that the grouping search and the verdicts run on it."""
+    out = dict(case)
+    rec = dict(case["recommendation"])
+    rec["pairs"] = [
+        {**p, "cka_min": partial_cka_min(case, list(p["tasks"]), move)} for p in rec["pairs"]
+    ]
+    out["recommendation"] = rec
+    return out
+
+
 def partial_cka_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
     """A lead, not the shipped evidence: the held-out balanced accuracy of the thresholds with the
     partial CKA (:func:`partial_cka_min`) in place of the raw one, on the cases that stored the CKA
@@ -530,6 +542,7 @@ def partial_cka_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None
     y: list[bool] = []
     verdicts: list[bool] = []
     chosen: list[float] = []
+    rows: list[dict[str, Any]] = []
     for d in sorted({o.dataset for o in raw}):
         fits = [
             (fit_thresholds([o for o in by_move[m] if o.dataset != d]), m) for m in PARTIAL_MOVES
@@ -537,6 +550,8 @@ def partial_cka_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None
         fit, move = max(fits, key=lambda f: f[0].balanced_accuracy)  # ties: the smallest move
         th = fit.thresholds
         chosen.append(move)
+        held = [with_partial_cka(c, move) for c in usable if c["dataset"] == d]
+        rows += judge_cases(held, {d: th})
         for o in by_move[move]:
             if o.dataset == d:
                 y.append(o.matches)
@@ -551,6 +566,24 @@ def partial_cka_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None
         "raw": leave_one_dataset_out(raw).scores(),
         "nested_balanced_accuracy": balanced_accuracy(y, verdicts),
         "nested_moves": chosen,
+        "regret_within_1": sum(
+            r["regret_points"] <= 1.0 for r in rows if r["regret_points"] is not None
+        ),
+        "regret_cases": sum(r["regret_points"] is not None for r in rows),
+        "regret_max": max(
+            (r["regret_points"] for r in rows if r["regret_points"] is not None), default=None
+        ),
+        "planted_recovered": sum(bool(r["planted_recovered"]) for r in rows),
+        "planted_cases": sum(r["planted_recovered"] is not None for r in rows),
+        "rows": [
+            {
+                "case": r["case"],
+                "regret_points": r["regret_points"],
+                "confirmed": r["confirmed"],
+                "planted_recovered": r["planted_recovered"],
+            }
+            for r in rows
+        ],
         "by_move": {str(m): leave_one_dataset_out(obs).scores() for m, obs in by_move.items()},
     }
 
@@ -766,7 +799,10 @@ def print_tables(part: dict[str, Any]) -> None:
             f"{partial['cases']} cases, {partial['n_groups']} groups): held-out balanced accuracy, "
             f"thresholds, move chosen inside each fold {fmt(partial['nested_balanced_accuracy'])} "
             f"(moves {', '.join(f'{m:g}' for m in moves)}; raw CKA on the same groups "
-            f"{fmt(partial['raw']['balanced_accuracy_thresholds'])}); best move in hindsight "
+            f"{fmt(partial['raw']['balanced_accuracy_thresholds'])}); regret <= 1.0 on "
+            f"{partial['regret_within_1']}/{partial['regret_cases']} cases, max "
+            f"{fmt(partial['regret_max'], '.1f')}; planted {partial['planted_recovered']}/"
+            f"{partial['planted_cases']}; best move in hindsight "
             f"{best[0]}: thresholds {fmt(best[1]['balanced_accuracy_thresholds'])}, p_match "
             f"{fmt(best[1]['balanced_accuracy_p_match'])}, Brier "
             f"{fmt(best[1]['brier_p_match'], '.3f')}"
