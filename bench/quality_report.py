@@ -617,6 +617,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
         "families": {f: evaluate([c for c in cases if family(c) == f], f) for f in families},
         "pooled": evaluate(cases, "pooled"),
         "unseen": shipped_on_unseen(cases),
+        "partial_unseen": partial_rule_on_unseen(cases),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -631,6 +632,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
         part = result["pooled"] if name == "pooled" else result["families"][name]
         print_tables(part)
     print_unseen(result["unseen"])
+    print_partial_unseen(result["partial_unseen"])
     return 0
 
 
@@ -688,6 +690,66 @@ def shipped_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any]:
         "brier_base_rate": float(np.mean([(base - v) ** 2 for v in y])),
         "rows": rows,
     }
+
+
+PARTIAL_PREREG = Path(__file__).resolve().parent / "results" / "partial_cka_prereg.json"
+
+
+def partial_rule_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The partial-CKA rule as written down in ``results/partial_cka_prereg.json`` (its ``move``
+    and thresholds, fitted on the cases listed there) on the cases it was not fitted on."""
+    if not PARTIAL_PREREG.is_file():
+        return None
+    rule = json.loads(PARTIAL_PREREG.read_text())
+    th = grp.Thresholds(**rule["thresholds"])
+    rows = []
+    for case in cases:
+        if family(case) != SHIPPED_FAMILY or case["case"] in rule["cases"]:
+            continue
+        for o, g in zip(case_observations(case), case["groups"], strict=True):
+            value = partial_cka_min(case, list(g["tasks"]), rule["move"])
+            if value is None:
+                continue
+            verdict = value >= th.tau_rep and o.grad_cosine >= th.tau_grad
+            rows.append(
+                {
+                    "case": case["case"],
+                    "tasks": list(o.tasks),
+                    "matches": o.matches,
+                    "partial_cka": value,
+                    "verdict": verdict and o.conflict_rate <= th.rho,
+                }
+            )
+    y = [r["matches"] for r in rows]
+    return {
+        "move": rule["move"],
+        "thresholds": rule["thresholds"],
+        "cases": sorted({r["case"] for r in rows}),
+        "groups": len(rows),
+        "lose": len(rows) - sum(y),
+        "right": sum(r["matches"] == r["verdict"] for r in rows),
+        "balanced_accuracy": balanced_accuracy(y, [r["verdict"] for r in rows]) if rows else None,
+        "rows": rows,
+    }
+
+
+def print_partial_unseen(part: dict[str, Any] | None) -> None:
+    if not part or not part["groups"]:
+        return
+    print(
+        f"\n== the partial-CKA rule written down before these cases ran (move {part['move']:g}, "
+        f"tau_rep {part['thresholds']['tau_rep']:g})"
+    )
+    print(
+        f"cases: {', '.join(part['cases'])}; {part['groups']} groups, {part['lose']} lose; "
+        f"right {part['right']}, balanced accuracy {fmt(part['balanced_accuracy'])}"
+    )
+    print(f"{'group':<44} {'measured':>9} {'verdict':>8} {'partial':>8}")
+    for r in part["rows"]:
+        print(
+            f"{'+'.join(r['tasks']):<44} {'matches' if r['matches'] else 'loses':>9} "
+            f"{'match' if r['verdict'] else 'lose':>8} {r['partial_cka']:>8.2f}"
+        )
 
 
 def print_unseen(part: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ partition, CKA relative to the seed floor, and the alternative threshold rule.""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import sys
 from pathlib import Path
@@ -291,3 +292,26 @@ def test_partial_cka_comparison_picks_the_move_inside_each_fold() -> None:
     del cases[0]["recommendation"]["tasks"]
     del cases[1]["recommendation"]["tasks"]
     assert qr.partial_cka_comparison(cases) is None  # two datasets left: too few
+
+
+def test_the_written_down_partial_rule_judges_only_cases_it_was_not_fitted_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cases = [_drifted(c, {t: [1.0, 0.5] for t in TASKS}) for c in _cases()]
+    rule = {
+        "cases": ["d1", "d2"],
+        "move": 0.2,
+        "thresholds": {"tau_rep": 0.0, "tau_grad": -0.275, "rho": 0.9},
+    }
+    (tmp_path / "rule.json").write_text(json.dumps(rule))
+    monkeypatch.setattr(qr, "PARTIAL_PREREG", tmp_path / "rule.json")
+    monkeypatch.setattr(qr, "family", lambda case: qr.SHIPPED_FAMILY)
+    out = qr.partial_rule_on_unseen(cases)
+    assert out is not None and out["cases"] == ["d3", "d4"] and out["groups"] == 8
+    # Every model moved to 0.5: partial CKA (C - 0.25) / 0.75 at the last layer; a pair passes
+    # at tau 0 when its CKA is 0.25 or more.
+    for r in out["rows"]:
+        assert r["verdict"] == (r["partial_cka"] >= 0.0)
+    assert out["right"] == sum(r["matches"] == r["verdict"] for r in out["rows"])
+    monkeypatch.setattr(qr, "PARTIAL_PREREG", tmp_path / "missing.json")
+    assert qr.partial_rule_on_unseen(cases) is None
