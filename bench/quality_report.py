@@ -544,9 +544,13 @@ def partial_cka_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None
     chosen: list[float] = []
     rows: list[dict[str, Any]] = []
     for d in sorted({o.dataset for o in raw}):
-        fits = [
-            (fit_thresholds([o for o in by_move[m] if o.dataset != d]), m) for m in PARTIAL_MOVES
-        ]
+        try:
+            fits = [
+                (fit_thresholds([o for o in by_move[m] if o.dataset != d]), m)
+                for m in PARTIAL_MOVES
+            ]
+        except CalibrationError as exc:  # the other datasets hold one outcome only
+            return {"error": str(exc)}
         fit, move = max(fits, key=lambda f: f[0].balanced_accuracy)  # ties: the smallest move
         th = fit.thresholds
         chosen.append(move)
@@ -702,9 +706,12 @@ def partial_rule_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | None
         return None
     rule = json.loads(PARTIAL_PREREG.read_text())
     th = grp.Thresholds(**rule["thresholds"])
+    # Excluded by dataset, as the shipped fit's test does: a fitted case's data at another
+    # setting is not new data.
+    seen = {c["dataset"] for c in cases if c["case"] in rule["cases"]}
     rows = []
     for case in cases:
-        if family(case) != SHIPPED_FAMILY or case["case"] in rule["cases"]:
+        if family(case) != SHIPPED_FAMILY or case["dataset"] in seen:
             continue
         for o, g in zip(case_observations(case), case["groups"], strict=True):
             value = partial_cka_min(case, list(g["tasks"]), rule["move"])
@@ -853,7 +860,7 @@ def print_tables(part: dict[str, Any]) -> None:
             f", Brier {fmt(f['brier_p_match'], '.3f')} (full: {fmt(g['brier_p_match'], '.3f')})"
         )
     partial = part.get("partial_cka")
-    if partial:
+    if partial and "error" not in partial:
         best = max(partial["by_move"].items(), key=lambda kv: kv[1]["balanced_accuracy_thresholds"])
         moves = sorted(set(partial["nested_moves"]))
         print(

@@ -150,8 +150,9 @@ class Verification(_Model):
     margin_se: float | None = Field(
         default=None,
         description="How decisively the measurement came out: over the group's tasks, the "
-        "smallest (delta + tolerance) / SE, SE being the standard error of the per-seed "
-        "differences (several seeds) or of the held-out bootstrap (one seed). Positive: the "
+        "smallest (delta + tolerance) / SE, SE being the standard error the noise estimate "
+        "stands on (of the per-seed differences or of the held-out bootstrap, as in "
+        "noise_method). Positive: the "
         "group matches; between -1 and 1 one standard error would turn the outcome over, so "
         "measure again with more seeds before acting on it. None: no spread to measure it by, "
         "or not recorded.",

@@ -79,7 +79,9 @@ def render(rec: dict[str, Any]) -> str:
             decided = ""
             if margin is not None:
                 decided = f"; margin {margin:+.1f} SE" + (
-                    ", a coin toss: measure again with more seeds" if abs(margin) < 1 else ""
+                    ", a coin toss: measure again with more seeds"
+                    if round(abs(margin), 1) < 1
+                    else ""
                 )
             lines.append(
                 f"  [{', '.join(v['tasks'])}]: {'matches' if v['matches'] else 'loses'}"

@@ -117,9 +117,10 @@ def bootstrap_se(
 def decision_margin(delta: float, tolerance: float, se: float) -> float:
     """How decisively one task's comparison came out: ``(delta + tolerance) / se``, the distance
     from the "hurts" boundary in standard errors of the difference (positive: within the
-    tolerance; between -1 and 1: one standard error would move it across). ``se`` is the per-seed
-    differences' standard error with several seeds, the held-out bootstrap's with one; without
-    spread the margin is infinite, with the sign of ``delta + tolerance``."""
+    tolerance; between -1 and 1: one standard error would move it across). ``se`` is the standard
+    error behind the noise estimate (half of it): the per-seed differences' or the held-out
+    bootstrap's divided by sqrt(seeds), whichever is larger, with several seeds; the bootstrap's
+    with one. Without spread the margin is infinite, with the sign of ``delta + tolerance``."""
     edge = delta + tolerance
     if se > 0:
         return edge / se
@@ -154,14 +155,14 @@ def compare_group(
             task.n_classes,
         )
         noise = 2.0 * boot_se
-        se = boot_se
         if n_seeds > 1:
-            se = float(diffs.std(ddof=1)) / np.sqrt(n_seeds)
-            noise = max(noise / np.sqrt(n_seeds), 2.0 * se)
+            seed_se = float(diffs.std(ddof=1)) / np.sqrt(n_seeds)
+            noise = max(noise / np.sqrt(n_seeds), 2.0 * seed_se)
         tol = max(tolerance, noise)
         effect = "helps" if delta > tol else "hurts" if delta < -tol else "neutral"
         matches = matches and effect != "hurts"
-        margin = min(margin, decision_margin(delta, tol, float(se)))
+        # The standard error the noise estimate stands on (noise = 2 SE), whichever set it.
+        margin = min(margin, decision_margin(delta, tol, float(noise) / 2.0))
         per_task.append(
             {
                 "task": name,

@@ -87,7 +87,7 @@ def test_the_summary_and_the_report_show_the_per_seed_differences() -> None:
     page = standalone_report(rec, "job-1", server="http://localhost")
     assert "per seed: +0.000 +0.000 +0.000 +0.000 -0.600" in page
     # The diverged seed leaves the mean one standard error inside the tolerance.
-    assert "matches (predicted match: confirmed; margin +1.0 SE" in text
+    assert "matches (predicted match: confirmed; margin +1.0 SE)" in text  # 1.0, not a toss
     assert "margin +1.0 SE" in page
 
 

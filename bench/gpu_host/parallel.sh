@@ -12,15 +12,19 @@ shift
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $OUT/smi.txt
 python3 .gpu/prep.py || exit 1
+[ $# -gt 0 ] || { echo "usage: parallel.sh LIMIT CASE [CASE ...]"; exit 2; }
 THREADS=$(( $(nproc) / $# ))
+[ $THREADS -ge 1 ] || THREADS=1
+LEFT=$((LIMIT - SECONDS - 5))
+[ $LEFT -gt 30 ] || { echo "only $LEFT s left after set-up: nothing run"; exit 1; }
 (while sleep 15; do for c in "$@"; do cp bench/results/quality/$c.json $OUT/ 2>/dev/null; done; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader >> $OUT/util.txt; done) &
 COPIER=$!
-echo "$# cases, $THREADS threads each, $((LIMIT - SECONDS - 5)) s left at $SECONDS s"
+echo "$# cases, $THREADS threads each, $LEFT s left at $SECONDS s"
 for c in "$@"; do
-  OMP_NUM_THREADS=$THREADS timeout $((LIMIT - SECONDS - 5)) python3 bench/bench_quality.py run --only $c --resume --device cuda > $OUT/$c.log 2>&1 &
+  OMP_NUM_THREADS=$THREADS timeout -k 10 $LEFT python3 bench/bench_quality.py run --only $c --resume --device cuda > $OUT/$c.log 2>&1 &
   PIDS+=($!)
 done
 wait "${PIDS[@]}"
-kill $COPIER
+kill $COPIER 2>/dev/null
 for c in "$@"; do cp bench/results/quality/$c.json $OUT/ 2>/dev/null; tail -5 $OUT/$c.log; done
 echo "done at $SECONDS s"
