@@ -377,28 +377,21 @@ def default_suite() -> list[Case]:
     # Added 2026-11-26 (sixth session) after the partial-CKA lead (bench/quality_report.py,
     # partial_cka_min) was found on the 23 cases above, to test it on data it has not seen: the
     # 3-task planted case at high noise and three unrelated tasks, 500 rows, new generator seeds.
-    cases.append(
-        Case(
-            name="synth-minilm-high-t3-500",
-            dataset="synth-minilm-high-t3-500",
-            load=synth_loader((2, 1), NOISES["high"], rows=500, classes=4, seed=71),
-            model="minilm-l6",
-            training=minilm_synth,
-            seeds=5,
-            notes="3 tasks at high noise: 500 rows, generator seed 71",
+    for name, features, level, seed, what in (
+        ("high", (2, 1), "high", 71, "3 tasks at high noise"),
+        ("unrelated", (1, 1, 1), "mid", 73, "three unrelated tasks at middle noise"),
+    ):
+        cases.append(
+            Case(
+                name=f"synth-minilm-{name}-t3-500",
+                dataset=f"synth-minilm-{name}-t3-500",
+                load=synth_loader(features, NOISES[level], rows=500, classes=4, seed=seed),
+                model="minilm-l6",
+                training=minilm_synth,
+                seeds=5,
+                notes=f"{what}: 500 rows, generator seed {seed}",
+            )
         )
-    )
-    cases.append(
-        Case(
-            name="synth-minilm-unrelated-t3-500",
-            dataset="synth-minilm-unrelated-t3-500",
-            load=synth_loader((1, 1, 1), NOISES["mid"], rows=500, classes=4, seed=73),
-            model="minilm-l6",
-            training=minilm_synth,
-            seeds=5,
-            notes="three unrelated tasks at middle noise: 500 rows, generator seed 73",
-        )
-    )
     return cases
 
 

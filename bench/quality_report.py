@@ -64,6 +64,11 @@ def seed_diffs(case: dict[str, Any], entry: dict[str, Any], task: str) -> np.nda
     return mtl - np.asarray(case["stl"][task][: len(mtl)], dtype=float)
 
 
+def threshold_verdict(o: Observation, th: grp.Thresholds) -> bool:
+    """The thresholds' verdict on an observed group, read as the verdict reads its weakest pair."""
+    return o.cka_min >= th.tau_rep and o.grad_cosine >= th.tau_grad and o.conflict_rate <= th.rho
+
+
 def outcome_margin(case: dict[str, Any], entry: dict[str, Any]) -> float:
     """How clearly a group's measured outcome was decided: over its tasks, the smallest
     ``(delta + tolerance) / SE``, SE being the standard error of the per-seed differences MTL - STL
@@ -559,11 +564,7 @@ def partial_cka_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None
         for o in by_move[move]:
             if o.dataset == d:
                 y.append(o.matches)
-                verdicts.append(
-                    o.cka_min >= th.tau_rep
-                    and o.grad_cosine >= th.tau_grad
-                    and o.conflict_rate <= th.rho
-                )
+                verdicts.append(threshold_verdict(o, th))
     return {
         "cases": len(usable),
         "n_groups": len(raw),
@@ -661,11 +662,7 @@ def shipped_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any]:
                 "conflict_rate": o.conflict_rate,
                 "n_tasks": float(o.n_tasks),
             }
-            verdict = (
-                o.cka_min >= t.tau_rep
-                and o.grad_cosine >= t.tau_grad
-                and (o.conflict_rate <= t.rho)
-            )
+            verdict = threshold_verdict(o, t)
             p = shipped.p_match(values)
             obs.append(o)
             rows.append(
@@ -717,14 +714,13 @@ def partial_rule_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | None
             value = partial_cka_min(case, list(g["tasks"]), rule["move"])
             if value is None:
                 continue
-            verdict = value >= th.tau_rep and o.grad_cosine >= th.tau_grad
             rows.append(
                 {
                     "case": case["case"],
                     "tasks": list(o.tasks),
                     "matches": o.matches,
                     "partial_cka": value,
-                    "verdict": verdict and o.conflict_rate <= th.rho,
+                    "verdict": threshold_verdict(dataclasses.replace(o, cka_min=value), th),
                 }
             )
     y = [r["matches"] for r in rows]
