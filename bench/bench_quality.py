@@ -392,6 +392,22 @@ def default_suite() -> list[Case]:
                 notes=f"{what}: 500 rows, generator seed {seed}",
             )
         )
+    # Added 2026-11-26 (seventh session), before either ran, to judge the shipped defaults
+    # (tau_rep 0.25 and p_match of the 25-case fit), the pre-registered partial-CKA rule and
+    # planted recovery at the low and middle noise levels on data no fit has seen: the 3-task
+    # planted case at both levels, 500 rows, new generator seeds.
+    for level, seed in (("low", 81), ("mid", 83)):
+        cases.append(
+            Case(
+                name=f"synth-minilm-{level}-t3-500-s{seed}",
+                dataset=f"synth-minilm-{level}-t3-500-s{seed}",
+                load=synth_loader((2, 1), NOISES[level], rows=500, classes=4, seed=seed),
+                model="minilm-l6",
+                training=minilm_synth,
+                seeds=5,
+                notes=f"3 tasks at {level} noise: 500 rows, generator seed {seed}",
+            )
+        )
     return cases
 
 
