@@ -99,6 +99,18 @@ class Case:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def save(path: Path, result: dict[str, Any]) -> None:
+    """Write a case's JSON whole or not at all: into a temporary file beside it, then renamed over
+    it, so a run killed mid-write (a device call's time limit) leaves the previous copy intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def synth_loader(
     features: tuple[int, ...], noise: float, rows: int, classes: int, seed: int
 ) -> Callable[[], tuple[pd.DataFrame, list[str], list[list[str]] | None]]:
@@ -541,7 +553,7 @@ def run_case(case: Case, *, resume: bool, device: str = "cpu") -> dict[str, Any]
         entry["steps_per_seed"] = runs[0].steps
         result["groups"].append(entry)
         OUT.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
+        save(path, result)
         deltas = " ".join(f"{p['task']}={100 * p['delta']:+.1f}" for p in entry["per_task"])
         print(
             f"  [{case.name} {k}/{len(todo)}] {'+'.join(group)}: "
@@ -551,7 +563,7 @@ def run_case(case: Case, *, resume: bool, device: str = "cpu") -> dict[str, Any]
         )
     result["seconds"] = time.perf_counter() - t0
     OUT.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
+    save(path, result)
     return result
 
 
@@ -633,7 +645,7 @@ def extend_case(case: Case, target: int) -> dict[str, Any]:
         again["bootstrap_seed"] = new[0]
         again["before"] = before
         result["groups"][k - 1] = again
-        path.write_text(json.dumps(result, indent=1))
+        save(path, result)
         deltas = " ".join(f"{p['task']}={100 * p['delta']:+.1f}" for p in again["per_task"])
         flipped = " (was " + ("matches" if before["matches"] else "LOSES") + ")"
         print(
@@ -644,7 +656,7 @@ def extend_case(case: Case, target: int) -> dict[str, Any]:
             flush=True,
         )
     result["extend_seconds"] = result.get("extend_seconds", 0.0) + time.perf_counter() - t0
-    path.write_text(json.dumps(result, indent=1))
+    save(path, result)
     return result
 
 
@@ -689,7 +701,7 @@ def reanalyze_case(case: Case) -> dict[str, Any]:
     )
     result.setdefault("recommendation_before", before)
     result["recommendation"] = after
-    path.write_text(json.dumps(result, indent=1))
+    save(path, result)
     print(f"{case.name}: evidence again, largest difference {diff:.2e}", file=sys.stderr)
     return result
 
@@ -737,7 +749,7 @@ def seed_cka_case(case: Case) -> dict[str, Any]:
     diff = max(
         abs(a - b) for k, v in result["pair_cka"].items() for a, b in zip(v, stored[k], strict=True)
     )
-    path.write_text(json.dumps(result, indent=1))
+    save(path, result)
     print(
         f"{case.name}: seed CKA min per task "
         + ", ".join(f"{n} {min(v):.2f}" for n, v in result["seed_cka"].items())
@@ -820,7 +832,7 @@ def run_fast(case: Case, fraction: float) -> dict[str, Any]:
         "alignment": rec["settings"]["alignment"],
         "timings": {"finetune": finetune_s, **rec["timings"]},
     }
-    path.write_text(json.dumps(result, indent=1))
+    save(path, result)
     return result
 
 
@@ -837,7 +849,7 @@ def baselines_case(case: Case) -> dict[str, Any]:
     frame, tasks, _ = case.load()
     job = prepare(case_spec(case, frame, tasks))
     result["stl_baseline"] = {n: chance_baseline(job.tokenized[n])["macro_f1"] for n in tasks}
-    path.write_text(json.dumps(result, indent=1))
+    save(path, result)
     return result
 
 

@@ -316,3 +316,18 @@ def test_the_written_down_partial_rule_judges_only_cases_it_was_not_fitted_on(
     assert out["right"] == sum(r["matches"] == r["verdict"] for r in out["rows"])
     monkeypatch.setattr(qr, "PARTIAL_PREREG", tmp_path / "missing.json")
     assert qr.partial_rule_on_unseen(cases) is None
+
+
+def test_a_case_file_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
+    """bench_quality.save: a write that fails half-way (here: a value JSON cannot hold) leaves the
+    previous file as it was and no temporary file behind; a good write replaces it."""
+    import bench_quality
+
+    path = tmp_path / "case.json"
+    bench_quality.save(path, {"groups": [1]})
+    with pytest.raises(TypeError):
+        bench_quality.save(path, {"groups": [1, 2], "bad": object()})
+    assert json.loads(path.read_text()) == {"groups": [1]}
+    bench_quality.save(path, {"groups": [1, 2]})
+    assert json.loads(path.read_text()) == {"groups": [1, 2]}
+    assert [p.name for p in tmp_path.iterdir()] == ["case.json"]
