@@ -19,6 +19,7 @@ import json
 import math
 import os
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -623,6 +624,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
         "pooled": evaluate(cases, "pooled"),
         "unseen": shipped_on_unseen(cases),
         "partial_unseen": partial_rule_on_unseen(cases),
+        "seed_floor_unseen": seed_floor_rules_on_unseen(cases),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -637,7 +639,19 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
         part = result["pooled"] if name == "pooled" else result["families"][name]
         print_tables(part)
     print_unseen(result["unseen"])
-    print_partial_unseen(result["partial_unseen"])
+    partial = result["partial_unseen"]
+    if partial:
+        print_rule_on_unseen(
+            f"the partial-CKA rule written down before these cases ran (move {partial['move']:g})",
+            "partial",
+            partial,
+        )
+    for kind, rule in (result["seed_floor_unseen"] or {}).items():
+        print_rule_on_unseen(
+            f"the seed-floor rule written down before seedcka ran on these cases: {kind} CKA",
+            kind,
+            rule,
+        )
     return 0
 
 
@@ -696,22 +710,24 @@ def shipped_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any]:
 PARTIAL_PREREG = Path(__file__).resolve().parent / "results" / "partial_cka_prereg.json"
 
 
-def partial_rule_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The partial-CKA rule as written down in ``results/partial_cka_prereg.json`` (its ``move``
-    and thresholds, fitted on the cases listed there) on the cases it was not fitted on."""
-    if not PARTIAL_PREREG.is_file():
-        return None
-    rule = json.loads(PARTIAL_PREREG.read_text())
-    th = grp.Thresholds(**rule["thresholds"])
-    # Excluded by dataset, as the shipped fit's test does: a fitted case's data at another
-    # setting is not new data.
-    seen = {c["dataset"] for c in cases if c["case"] in rule["cases"]}
+def rule_on_unseen(
+    cases: list[dict[str, Any]],
+    fitted_on: list[str],
+    feature: Callable[[dict[str, Any], list[str]], float | None],
+    thresholds: dict[str, float],
+) -> dict[str, Any]:
+    """A rule written down before a test: ``thresholds`` read on ``feature`` (a group's value in
+    place of its min CKA; None where a case cannot give it) on the shipped family's cases whose
+    dataset is not that of a case in ``fitted_on``. Excluded by dataset, as the shipped fit's test
+    does: a fitted case's data at another setting is not new data."""
+    th = grp.Thresholds(**thresholds)
+    seen = {c["dataset"] for c in cases if c["case"] in fitted_on}
     rows = []
     for case in cases:
         if family(case) != SHIPPED_FAMILY or case["dataset"] in seen:
             continue
         for o, g in zip(case_observations(case), case["groups"], strict=True):
-            value = partial_cka_min(case, list(g["tasks"]), rule["move"])
+            value = feature(case, list(g["tasks"]))
             if value is None:
                 continue
             rows.append(
@@ -719,14 +735,13 @@ def partial_rule_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | None
                     "case": case["case"],
                     "tasks": list(o.tasks),
                     "matches": o.matches,
-                    "partial_cka": value,
+                    "value": value,
                     "verdict": threshold_verdict(dataclasses.replace(o, cka_min=value), th),
                 }
             )
     y = [r["matches"] for r in rows]
     return {
-        "move": rule["move"],
-        "thresholds": rule["thresholds"],
+        "thresholds": thresholds,
         "cases": sorted({r["case"] for r in rows}),
         "groups": len(rows),
         "lose": len(rows) - sum(y),
@@ -736,22 +751,60 @@ def partial_rule_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | None
     }
 
 
-def print_partial_unseen(part: dict[str, Any] | None) -> None:
+PARTIAL_PREREG = Path(__file__).resolve().parent / "results" / "partial_cka_prereg.json"
+SEED_FLOOR_PREREG = Path(__file__).resolve().parent / "results" / "seed_floor_prereg.json"
+
+
+def partial_rule_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The partial-CKA rule as written down in ``results/partial_cka_prereg.json`` (its ``move``
+    and thresholds, fitted on the cases listed there) on the cases it was not fitted on."""
+    if not PARTIAL_PREREG.is_file():
+        return None
+    rule = json.loads(PARTIAL_PREREG.read_text())
+    move = rule["move"]
+    out = rule_on_unseen(
+        cases, rule["cases"], lambda c, t: partial_cka_min(c, t, move), rule["thresholds"]
+    )
+    return {"move": move, **out}
+
+
+def seed_floor_rules_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The two rules written down in ``results/seed_floor_prereg.json`` (min CKA relative to the
+    seed-to-seed CKA, and the raw CKA of the same retrained models, each with thresholds fitted
+    on the cases listed there) on the cases ``seedcka`` has run on since."""
+    if not SEED_FLOOR_PREREG.is_file():
+        return None
+    rule = json.loads(SEED_FLOOR_PREREG.read_text())
+
+    def feature(relative: bool) -> Callable[[dict[str, Any], list[str]], float | None]:
+        def value(case: dict[str, Any], tasks: list[str]) -> float | None:
+            if "seed_cka" not in case or "pair_cka" not in case:
+                return None
+            return relative_cka_min(case, tasks, relative=relative)
+
+        return value
+
+    return {
+        kind: rule_on_unseen(
+            cases, rule["cases"], feature(kind == "relative"), rule[kind]["thresholds"]
+        )
+        for kind in ("relative", "raw")
+    }
+
+
+def print_rule_on_unseen(title: str, column: str, part: dict[str, Any] | None) -> None:
     if not part or not part["groups"]:
         return
-    print(
-        f"\n== the partial-CKA rule written down before these cases ran (move {part['move']:g}, "
-        f"tau_rep {part['thresholds']['tau_rep']:g})"
-    )
+    print(f"\n== {title} (tau_rep {part['thresholds']['tau_rep']:g})")
     print(
         f"cases: {', '.join(part['cases'])}; {part['groups']} groups, {part['lose']} lose; "
         f"right {part['right']}, balanced accuracy {fmt(part['balanced_accuracy'])}"
     )
-    print(f"{'group':<44} {'measured':>9} {'verdict':>8} {'partial':>8}")
+    print(f"{'group':<44} {'measured':>9} {'verdict':>8} {column:>8}")
     for r in part["rows"]:
         print(
             f"{'+'.join(r['tasks']):<44} {'matches' if r['matches'] else 'loses':>9} "
-            f"{'match' if r['verdict'] else 'lose':>8} {r['partial_cka']:>8.2f}"
+            f"{'match' if r['verdict'] else 'lose':>8} {r['value']:>8.2f}"
         )
 
 

@@ -312,10 +312,45 @@ def test_the_written_down_partial_rule_judges_only_cases_it_was_not_fitted_on(
     # Every model moved to 0.5: partial CKA (C - 0.25) / 0.75 at the last layer; a pair passes
     # at tau 0 when its CKA is 0.25 or more.
     for r in out["rows"]:
-        assert r["verdict"] == (r["partial_cka"] >= 0.0)
+        assert r["verdict"] == (r["value"] >= 0.0)
     assert out["right"] == sum(r["matches"] == r["verdict"] for r in out["rows"])
     monkeypatch.setattr(qr, "PARTIAL_PREREG", tmp_path / "missing.json")
     assert qr.partial_rule_on_unseen(cases) is None
+
+
+def test_the_written_down_seed_floor_rules_judge_only_new_cases_with_floors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cases = [
+        _case("d1", ab=0.9, ac=0.1, bc=0.2, floor=0.5),
+        _case("d2", ab=0.8, ac=0.7, bc=0.6, floor=0.5),
+        _case("d3", ab=0.2, ac=0.55, bc=0.15, floor=0.5),
+        _case("d4", ab=0.45, ac=0.95, bc=0.3, floor=0.5),
+    ]
+    del cases[3]["seed_cka"]  # seedcka has not run on d4: no verdict there
+    rule = {
+        "cases": ["d1", "d2"],
+        "relative": {"thresholds": {"tau_rep": 0.8, "tau_grad": -0.275, "rho": 0.9}},
+        "raw": {"thresholds": {"tau_rep": 0.5, "tau_grad": -0.275, "rho": 0.9}},
+    }
+    (tmp_path / "rule.json").write_text(json.dumps(rule))
+    monkeypatch.setattr(qr, "SEED_FLOOR_PREREG", tmp_path / "rule.json")
+    monkeypatch.setattr(qr, "family", lambda case: qr.SHIPPED_FAMILY)
+    out = qr.seed_floor_rules_on_unseen(cases)
+    assert out is not None and set(out) == {"relative", "raw"}
+    for kind, part in out.items():
+        assert part["cases"] == ["d3"] and part["groups"] == 4
+        assert part["thresholds"] == rule[kind]["thresholds"]
+    # A floor of 0.5 at the last layer (1 at the first, where every pair's CKA is 1): the
+    # relative value is twice the raw one up to 1, so tau 0.8 relative is tau 0.4 raw.
+    for rel, raw in zip(out["relative"]["rows"], out["raw"]["rows"], strict=True):
+        assert rel["value"] == pytest.approx(min(1.0, 2 * raw["value"]))
+        assert rel["verdict"] == (raw["value"] >= 0.4)
+        assert raw["verdict"] == (raw["value"] >= 0.5)
+    # d3's only matching group (a+c, CKA 0.55) passes both; the rest lose and fail both.
+    assert out["raw"]["balanced_accuracy"] == 1.0 and out["relative"]["balanced_accuracy"] == 1.0
+    monkeypatch.setattr(qr, "SEED_FLOOR_PREREG", tmp_path / "missing.json")
+    assert qr.seed_floor_rules_on_unseen(cases) is None
 
 
 def test_a_case_file_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
