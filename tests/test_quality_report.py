@@ -295,6 +295,20 @@ def test_partial_cka_comparison_picks_the_move_inside_each_fold() -> None:
     assert qr.partial_cka_comparison(cases) is None  # two datasets left: too few
 
 
+def test_partial_cka_comparison_chooses_between_moves_that_differ() -> None:
+    """Every model moved 0.3 at the last layer: up to a move of 0.3 that layer counts and the
+    partial CKA separates the groups as the raw CKA does; at 0.4 no layer counts, every group
+    reads 1.0 and nothing separates. Each fold must choose a move that separates."""
+    cases = [_drifted(c, {t: [1.0, 0.7] for t in TASKS}) for c in _cases()]
+    out = qr.partial_cka_comparison(cases)
+    assert out is not None
+    assert all(m <= 0.3 for m in out["nested_moves"])
+    blind = out["by_move"]["0.4"]["balanced_accuracy_thresholds"]
+    assert blind == pytest.approx(0.5)
+    assert out["nested_balanced_accuracy"] > blind
+    assert out["by_move"]["0.3"] != out["by_move"]["0.4"]
+
+
 def test_the_written_down_partial_rule_judges_only_cases_it_was_not_fitted_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
