@@ -101,7 +101,9 @@ class Case:
 
 def save(path: Path, result: dict[str, Any]) -> None:
     """Write a case's JSON whole or not at all: into a temporary file beside it, then renamed over
-    it, so a run killed mid-write (a device call's time limit) leaves the previous copy intact."""
+    it, so a run killed mid-write (a device call's time limit) leaves the previous copy intact. A
+    kill can leave the temporary file (ignored by git and by the report). Not a lock: two commands
+    updating one case at once (``seedcka`` beside ``fast``) still lose one's update."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -560,7 +562,6 @@ def run_case(case: Case, *, resume: bool, device: str = "cpu") -> dict[str, Any]
         entry["mtl"] = {n: [r.macro_f1[n] for r in runs] for n in group}
         entry["steps_per_seed"] = runs[0].steps
         result["groups"].append(entry)
-        OUT.mkdir(parents=True, exist_ok=True)
         save(path, result)
         deltas = " ".join(f"{p['task']}={100 * p['delta']:+.1f}" for p in entry["per_task"])
         print(
@@ -570,7 +571,6 @@ def run_case(case: Case, *, resume: bool, device: str = "cpu") -> dict[str, Any]
             flush=True,
         )
     result["seconds"] = time.perf_counter() - t0
-    OUT.mkdir(parents=True, exist_ok=True)
     save(path, result)
     return result
 

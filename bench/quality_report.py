@@ -456,11 +456,16 @@ def relative_cka_min(case: dict[str, Any], tasks: list[str], *, relative: bool) 
     return out
 
 
+def has_seed_floor(case: dict[str, Any]) -> bool:
+    """Whether ``bench_quality.py seedcka`` has run on the case."""
+    return "seed_cka" in case and "pair_cka" in case
+
+
 def seed_floor_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Held-out scores with the groups' min CKA as it is and relative to the seed-to-seed CKA
     (``relative_cka_min``), on the cases ``bench_quality.py seedcka`` has run on. A lead, not the
     shipped evidence: the relative form needs a second fine-tune of every task."""
-    with_floor = [c for c in cases if "seed_cka" in c and "pair_cka" in c]
+    with_floor = [c for c in cases if has_seed_floor(c)]
     if len({c["dataset"] for c in with_floor}) < 2:
         return None
     out: dict[str, Any] = {"cases": len(with_floor)}
@@ -642,13 +647,13 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
     partial = result["partial_unseen"]
     if partial:
         print_rule_on_unseen(
-            f"the partial-CKA rule written down before these cases ran (move {partial['move']:g})",
+            f"the partial-CKA rule written down before these cases ran (move {partial['move']:g}",
             "partial",
             partial,
         )
     for kind, rule in (result["seed_floor_unseen"] or {}).items():
         print_rule_on_unseen(
-            f"the seed-floor rule written down before seedcka ran on these cases: {kind} CKA",
+            f"the seed-floor rule written down before seedcka ran on these cases ({kind} CKA",
             kind,
             rule,
         )
@@ -705,9 +710,6 @@ def shipped_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any]:
         "brier_base_rate": float(np.mean([(base - v) ** 2 for v in y])),
         "rows": rows,
     }
-
-
-PARTIAL_PREREG = Path(__file__).resolve().parent / "results" / "partial_cka_prereg.json"
 
 
 def rule_on_unseen(
@@ -778,7 +780,7 @@ def seed_floor_rules_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | 
 
     def feature(relative: bool) -> Callable[[dict[str, Any], list[str]], float | None]:
         def value(case: dict[str, Any], tasks: list[str]) -> float | None:
-            if "seed_cka" not in case or "pair_cka" not in case:
+            if not has_seed_floor(case):
                 return None
             return relative_cka_min(case, tasks, relative=relative)
 
@@ -795,15 +797,17 @@ def seed_floor_rules_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | 
 def print_rule_on_unseen(title: str, column: str, part: dict[str, Any] | None) -> None:
     if not part or not part["groups"]:
         return
-    print(f"\n== {title} (tau_rep {part['thresholds']['tau_rep']:g})")
+    # ``title`` leaves its bracket open for the thresholds.
+    print(f"\n== {title}, tau_rep {part['thresholds']['tau_rep']:g})")
     print(
         f"cases: {', '.join(part['cases'])}; {part['groups']} groups, {part['lose']} lose; "
         f"right {part['right']}, balanced accuracy {fmt(part['balanced_accuracy'])}"
     )
-    print(f"{'group':<44} {'measured':>9} {'verdict':>8} {column:>8}")
+    print(f"{'case':<32} {'group':<44} {'measured':>9} {'verdict':>8} {column:>8}")
     for r in part["rows"]:
         print(
-            f"{'+'.join(r['tasks']):<44} {'matches' if r['matches'] else 'loses':>9} "
+            f"{r['case']:<32} {'+'.join(r['tasks']):<44} "
+            f"{'matches' if r['matches'] else 'loses':>9} "
             f"{'match' if r['verdict'] else 'lose':>8} {r['value']:>8.2f}"
         )
 
@@ -813,9 +817,11 @@ def print_unseen(part: dict[str, Any]) -> None:
     if "error" in part or not part.get("groups"):
         print(part.get("error", "none: every case's dataset was in the shipped fit"))
         return
+    th = part["thresholds"]
     print(f"datasets: {', '.join(part['datasets'])}; {part['groups']} groups, {part['lose']} lose")
     print(
-        f"balanced accuracy: thresholds {fmt(part['balanced_accuracy_thresholds'])}, "
+        f"balanced accuracy: thresholds (tau_rep {th['tau_rep']:g}, tau_grad {th['tau_grad']:g}, "
+        f"rho {th['rho']:g}) {fmt(part['balanced_accuracy_thresholds'])}, "
         f"p_match >= 0.5 {fmt(part['balanced_accuracy_p_match'])}; Brier "
         f"{fmt(part['brier_p_match'], '.3f')} (base rate, in-sample: "
         f"{fmt(part['brier_base_rate'], '.3f')})"

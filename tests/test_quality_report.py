@@ -313,6 +313,13 @@ def test_the_written_down_partial_rule_judges_only_cases_it_was_not_fitted_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cases = [_drifted(c, {t: [1.0, 0.5] for t in TASKS}) for c in _cases()]
+    # d1's data at another setting: not new data, though its case is not in the rule's list.
+    cases.append(
+        {
+            **_drifted(_case("d1", ab=0.9, ac=0.1, bc=0.2), {t: [1.0, 0.5] for t in TASKS}),
+            "case": "d1-lr",
+        }
+    )
     rule = {
         "cases": ["d1", "d2"],
         "move": 0.2,
@@ -340,6 +347,9 @@ def test_the_written_down_seed_floor_rules_judge_only_new_cases_with_floors(
         _case("d2", ab=0.8, ac=0.7, bc=0.6, floor=0.5),
         _case("d3", ab=0.2, ac=0.55, bc=0.15, floor=0.5),
         _case("d4", ab=0.45, ac=0.95, bc=0.3, floor=0.5),
+        # d3's data again: judged; d1's data under another case name: not new data.
+        {**_case("d3", ab=0.45, ac=0.55, bc=0.15, floor=0.5), "case": "d3-lr"},
+        {**_case("d1", ab=0.9, ac=0.1, bc=0.2, floor=0.5), "case": "d1-lr"},
     ]
     del cases[3]["seed_cka"]  # seedcka has not run on d4: no verdict there
     rule = {
@@ -353,7 +363,7 @@ def test_the_written_down_seed_floor_rules_judge_only_new_cases_with_floors(
     out = qr.seed_floor_rules_on_unseen(cases)
     assert out is not None and set(out) == {"relative", "raw"}
     for kind, part in out.items():
-        assert part["cases"] == ["d3"] and part["groups"] == 4
+        assert part["cases"] == ["d3", "d3-lr"] and part["groups"] == 8
         assert part["thresholds"] == rule[kind]["thresholds"]
     # A floor of 0.5 at the last layer (1 at the first, where every pair's CKA is 1): the
     # relative value is twice the raw one up to 1, so tau 0.8 relative is tau 0.4 raw.
@@ -361,22 +371,41 @@ def test_the_written_down_seed_floor_rules_judge_only_new_cases_with_floors(
         assert rel["value"] == pytest.approx(min(1.0, 2 * raw["value"]))
         assert rel["verdict"] == (raw["value"] >= 0.4)
         assert raw["verdict"] == (raw["value"] >= 0.5)
-    # d3's only matching group (a+c, CKA 0.55) passes both; the rest lose and fail both.
-    assert out["raw"]["balanced_accuracy"] == 1.0 and out["relative"]["balanced_accuracy"] == 1.0
+    # d3-lr's a+b (CKA 0.45) tells the two rules apart: 0.9 relative passes, 0.45 raw does not.
+    ab = [r for r in out["raw"]["rows"] if r["case"] == "d3-lr" and r["tasks"] == ["a", "b"]]
+    rel_ab = [
+        r for r in out["relative"]["rows"] if r["case"] == "d3-lr" and r["tasks"] == ["a", "b"]
+    ]
+    assert not ab[0]["verdict"] and rel_ab[0]["verdict"] and not ab[0]["matches"]
+    # d3's only matching group (a+c, CKA 0.55) passes both; the rest lose and fail the raw rule.
+    assert out["raw"]["balanced_accuracy"] == 1.0 and out["relative"]["balanced_accuracy"] < 1.0
     monkeypatch.setattr(qr, "SEED_FLOOR_PREREG", tmp_path / "missing.json")
     assert qr.seed_floor_rules_on_unseen(cases) is None
 
 
-def test_a_case_file_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
-    """bench_quality.save: a write that fails half-way (here: a value JSON cannot hold) leaves the
-    previous file as it was and no temporary file behind; a good write replaces it."""
+def test_a_case_file_is_replaced_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench_quality.save: a write that dies half-way leaves the previous file as it was and no
+    temporary file behind; a good write replaces it; a missing folder is made."""
     import bench_quality
 
-    path = tmp_path / "case.json"
+    path = tmp_path / "new" / "case.json"
     bench_quality.save(path, {"groups": [1]})
-    with pytest.raises(TypeError):
-        bench_quality.save(path, {"groups": [1, 2], "bad": object()})
     assert json.loads(path.read_text()) == {"groups": [1]}
+
+    real_write = Path.write_text
+
+    def dies_half_way(self: Path, text: str, *args: Any, **kwargs: Any) -> int:
+        real_write(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError("killed mid-write")
+
+    monkeypatch.setattr(Path, "write_text", dies_half_way)
+    with pytest.raises(OSError, match="killed"):
+        bench_quality.save(path, {"groups": [1, 2, 3, 4, 5, 6]})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"groups": [1]}
+    assert [p.name for p in path.parent.iterdir()] == ["case.json"]
     bench_quality.save(path, {"groups": [1, 2]})
     assert json.loads(path.read_text()) == {"groups": [1, 2]}
-    assert [p.name for p in tmp_path.iterdir()] == ["case.json"]
+    assert [p.name for p in path.parent.iterdir()] == ["case.json"]
