@@ -647,13 +647,15 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
     partial = result["partial_unseen"]
     if partial:
         print_rule_on_unseen(
-            f"the partial-CKA rule written down before these cases ran (move {partial['move']:g}",
+            "the partial-CKA rule written down before these cases ran",
+            f"move {partial['move']:g}",
             "partial",
             partial,
         )
     for kind, rule in (result["seed_floor_unseen"] or {}).items():
         print_rule_on_unseen(
-            f"the seed-floor rule written down before seedcka ran on these cases ({kind} CKA",
+            "the seed-floor rule written down before seedcka ran on these cases",
+            f"{kind} CKA",
             kind,
             rule,
         )
@@ -794,11 +796,12 @@ def seed_floor_rules_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | 
     }
 
 
-def print_rule_on_unseen(title: str, column: str, part: dict[str, Any] | None) -> None:
+def print_rule_on_unseen(
+    title: str, setting: str, column: str, part: dict[str, Any] | None
+) -> None:
     if not part or not part["groups"]:
         return
-    # ``title`` leaves its bracket open for the thresholds.
-    print(f"\n== {title}, tau_rep {part['thresholds']['tau_rep']:g})")
+    print(f"\n== {title} ({setting}, tau_rep {part['thresholds']['tau_rep']:g})")
     print(
         f"cases: {', '.join(part['cases'])}; {part['groups']} groups, {part['lose']} lose; "
         f"right {part['right']}, balanced accuracy {fmt(part['balanced_accuracy'])}"
