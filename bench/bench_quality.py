@@ -579,6 +579,17 @@ def run_case(case: Case, *, resume: bool, device: str = "cpu") -> dict[str, Any]
     return result
 
 
+def extension_seeds(
+    result: dict[str, Any], base_seed: int, target: int
+) -> tuple[list[int], list[int]]:
+    """The seeds a case's comparisons already have and those ``extend`` adds to reach ``target``.
+    While an extension runs, ``extending`` marks the file and ``measured_seeds`` holds the seeds it
+    started from, so a resumed run adds the same seeds again; once it has finished,
+    ``measured_seeds`` is history only, and a later extension starts from ``seeds``."""
+    old = list(result["measured_seeds"] if result.get("extending") else result["seeds"])
+    return old, [base_seed + k for k in range(len(old), target)]
+
+
 def extend_case(case: Case, target: int) -> dict[str, Any]:
     """Add verification seeds to a measured case until it has ``target``: fine-tune the STL models
     and train every group's MTL model for the new seeds only, then compare each group again over
@@ -586,16 +597,16 @@ def extend_case(case: Case, target: int) -> dict[str, Any]:
     stored macro-F1s; the bootstrap part of the tolerance, which needs predictions, is taken from
     the first new seed's models instead of seed 0's (the same estimate on another seed). The
     analysis (seed 0's evidence) is unchanged. Each group's earlier comparison is kept under
-    ``before``. Resumable: the file is written after every group."""
+    ``before`` (which keeps the comparison before that under its own ``before``, and so on).
+    Resumable: the file is written after every group."""
     from models.pipeline import Progress, prepare, run_finetunes
     from models.verify import MTLResult, compare_group, train_mtl
 
     path = OUT / f"{case.name}.json"
     result = json.loads(path.read_text())
-    old = list(result.get("measured_seeds", result["seeds"]))
-    if len(old) >= target:
+    old, new = extension_seeds(result, case.training.seed, target)
+    if not new:
         return result
-    new = [case.training.seed + k for k in range(len(old), target)]
     frame, tasks, _ = case.load()
     spec = case_spec(case, frame, tasks)
     t0 = time.perf_counter()
@@ -605,6 +616,7 @@ def extend_case(case: Case, target: int) -> dict[str, Any]:
     run_finetunes(job, tracker, None, None, seeds=new)
     old_stl = {n: result["stl"][n][: len(old)] for n in tasks}
     result["measured_seeds"] = old
+    result["extending"] = target
     result["seeds"] = old + new
     result["stl"] = {n: old_stl[n] + [r.macro_f1 for r in job.stl[n]] for n in tasks}
     for k, entry in enumerate(result["groups"], 1):
@@ -647,6 +659,8 @@ def extend_case(case: Case, target: int) -> dict[str, Any]:
             predicted=entry["predicted"],
         )
         before = {key: entry[key] for key in ("matches", "outcome", "per_task", "seeds")}
+        if "before" in entry:  # an earlier extension's comparison: keep the chain
+            before["before"] = entry["before"]
         again["seeds"] = old + new
         again["steps"] = entry["steps"] + sum(r.steps for r in runs)
         again["seconds"] = entry["seconds"] + sum(r.seconds for r in runs)
@@ -668,6 +682,7 @@ def extend_case(case: Case, target: int) -> dict[str, Any]:
             flush=True,
         )
     result["extend_seconds"] = result.get("extend_seconds", 0.0) + time.perf_counter() - t0
+    del result["extending"]
     save(path, result)
     return result
 

@@ -409,3 +409,19 @@ def test_a_case_file_is_replaced_whole_or_not_at_all(
     bench_quality.save(path, {"groups": [1, 2]})
     assert json.loads(path.read_text()) == {"groups": [1, 2]}
     assert [p.name for p in path.parent.iterdir()] == ["case.json"]
+
+
+def test_extension_seeds_start_from_the_seeds_a_case_has() -> None:
+    """bench_quality.extension_seeds: a second extension starts from the seeds the first one left
+    (not from the seeds the first one started from, which would train seeds 3 and 4 again over the
+    stored ones), and a resumed extension adds the same seeds as the run it resumes."""
+    from bench_quality import extension_seeds
+
+    fresh = {"seeds": [0, 1, 2, 3, 4]}
+    assert extension_seeds(fresh, 0, 10) == ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])
+    assert extension_seeds(fresh, 0, 5) == ([0, 1, 2, 3, 4], [])
+    assert extension_seeds(fresh, 7, 6) == ([0, 1, 2, 3, 4], [12])
+    extended_once = {"seeds": [0, 1, 2, 3, 4], "measured_seeds": [0, 1, 2]}
+    assert extension_seeds(extended_once, 0, 10) == ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])
+    interrupted = {"seeds": list(range(10)), "measured_seeds": [0, 1, 2, 3, 4], "extending": 10}
+    assert extension_seeds(interrupted, 0, 10) == ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])
