@@ -630,6 +630,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
         "unseen": shipped_on_unseen(cases),
         "partial_unseen": partial_rule_on_unseen(cases),
         "seed_floor_unseen": seed_floor_rules_on_unseen(cases),
+        "more_seeds": more_seeds_test(cases),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -659,6 +660,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
             kind,
             rule,
         )
+    print_more_seeds(result["more_seeds"])
     return 0
 
 
@@ -794,6 +796,112 @@ def seed_floor_rules_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | 
         )
         for kind in ("relative", "raw")
     }
+
+
+MORE_SEEDS_PREREG = Path(__file__).resolve().parent / "results" / "more_seeds_prereg.json"
+
+
+def as_first_measured(case: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """An extended group (``bench_quality.py extend``) as it was measured before the extension:
+    its earlier outcome with the MTL macro-F1s of those seeds only."""
+    before = entry["before"]
+    k = len(before["seeds"])
+    return {**before, "mtl": {n: v[:k] for n, v in entry["mtl"].items()}}
+
+
+def more_seeds_test(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The 5 -> 10 seed extension written down in ``results/more_seeds_prereg.json``: on the
+    groups already compared over the target number of seeds, each frozen verdict (the shipped
+    thresholds, the one-SE rule's, the shipped ``p_match``, all on seed 0's evidence) against the
+    outcome written down then and the outcome now; the groups whose outcome flipped each way; and
+    the re-measurement ceiling (:func:`retest_ceiling`) of those groups then and now."""
+    if not MORE_SEEDS_PREREG.is_file():
+        return None
+    plan = json.loads(MORE_SEEDS_PREREG.read_text())
+    by_case = {c["case"]: c for c in cases}
+    rows, then, now = [], [], []
+    for g in plan["groups"]:
+        case = by_case.get(g["case"])
+        if case is None:
+            continue
+        entry = next(e for e in case["groups"] if list(e["tasks"]) == g["tasks"])
+        if len(entry["seeds"]) < plan["seeds_target"] or "before" not in entry:
+            continue
+        rows.append({**g, "matches_now": bool(entry["matches"])})
+        then.append({**case, "groups": [as_first_measured(case, entry)]})
+        now.append({**case, "groups": [entry]})
+    if not rows:
+        return {"cases": [], "groups": 0}
+    y5 = [r["matches_5"] for r in rows]
+    y10 = [r["matches_now"] for r in rows]
+    out: dict[str, Any] = {
+        "cases": sorted({r["case"] for r in rows}),
+        "groups": len(rows),
+        "lose_then": len(rows) - sum(y5),
+        "lose_now": len(rows) - sum(y10),
+        "now_lose": sum(a and not b for a, b in zip(y5, y10, strict=True)),
+        "now_match": sum(b and not a for a, b in zip(y5, y10, strict=True)),
+        "rules": {},
+        "ceiling_then": retest_ceiling(then),
+        "ceiling_now": retest_ceiling(now),
+        "rows": rows,
+    }
+    for name in plan["rules"]:
+        verdicts = [r["verdict"][name] for r in rows]
+        out["rules"][name] = {
+            "thresholds": plan["rules"][name],
+            "right_then": sum(v == y for v, y in zip(verdicts, y5, strict=True)),
+            "right_now": sum(v == y for v, y in zip(verdicts, y10, strict=True)),
+            "balanced_accuracy_then": balanced_accuracy(y5, verdicts),
+            "balanced_accuracy_now": balanced_accuracy(y10, verdicts),
+        }
+    p = [r["p_match"] for r in rows]
+    out["rules"]["p_match"] = {
+        "right_then": sum((q >= 0.5) == y for q, y in zip(p, y5, strict=True)),
+        "right_now": sum((q >= 0.5) == y for q, y in zip(p, y10, strict=True)),
+        "balanced_accuracy_then": balanced_accuracy(y5, [q >= 0.5 for q in p]),
+        "balanced_accuracy_now": balanced_accuracy(y10, [q >= 0.5 for q in p]),
+        "brier_then": float(np.mean([(q - y) ** 2 for q, y in zip(p, y5, strict=True)])),
+        "brier_now": float(np.mean([(q - y) ** 2 for q, y in zip(p, y10, strict=True)])),
+    }
+    return out
+
+
+def print_more_seeds(part: dict[str, Any] | None) -> None:
+    if not part or not part["groups"]:
+        return
+    print("\n== the 5 -> 10 seed extension written down before it ran (more_seeds_prereg.json)")
+    print(
+        f"cases: {', '.join(part['cases'])}; {part['groups']} groups; losing then "
+        f"{part['lose_then']}, now {part['lose_now']} ({part['now_lose']} now lose, "
+        f"{part['now_match']} now match)"
+    )
+    for name, r in part["rules"].items():
+        brier = (
+            f"; Brier {r['brier_then']:.3f} -> {r['brier_now']:.3f}" if "brier_then" in r else ""
+        )
+        print(
+            f"  {name}: right {r['right_then']} -> {r['right_now']} of {part['groups']}, "
+            f"balanced accuracy {fmt(r['balanced_accuracy_then'])} -> "
+            f"{fmt(r['balanced_accuracy_now'])}{brier}"
+        )
+    for when in ("then", "now"):
+        c = part[f"ceiling_{when}"]
+        if c and c["ceiling"] is not None:
+            print(
+                f"  re-measurement ceiling {when}: {c['ceiling']:.2f} "
+                f"({c['ceiling_5_95'][0]:.2f}-{c['ceiling_5_95'][1]:.2f}), outcomes flipping "
+                f"{100 * c['flip_rate']:.0f}% on average, {c['coin_tosses']} coin tosses"
+            )
+    print(f"{'case':<32} {'group':<44} {'5 seeds':>8} {'10 seeds':>9} {'default':>8} {'one_se':>7}")
+    for r in part["rows"]:
+        print(
+            f"{r['case']:<32} {'+'.join(r['tasks']):<44} "
+            f"{'matches' if r['matches_5'] else 'loses':>8} "
+            f"{'matches' if r['matches_now'] else 'loses':>9} "
+            f"{'match' if r['verdict']['default'] else 'lose':>8} "
+            f"{'match' if r['verdict']['one_se'] else 'lose':>7}"
+        )
 
 
 def print_rule_on_unseen(

@@ -425,3 +425,56 @@ def test_extension_seeds_start_from_the_seeds_a_case_has() -> None:
     assert extension_seeds(extended_once, 0, 10) == ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])
     interrupted = {"seeds": list(range(10)), "measured_seeds": [0, 1, 2, 3, 4], "extending": 10}
     assert extension_seeds(interrupted, 0, 10) == ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])
+
+
+def test_the_written_down_seed_extension_compares_frozen_verdicts_then_and_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """more_seeds_test: only groups compared again over the target seeds count; each frozen
+    verdict is scored against the outcome written down and the outcome now; flips are counted
+    both ways; the ceiling 'then' reads the seeds of the first measurement only."""
+    case = _case("d1", 0.9, 0.2, 0.2)  # a+b matches (2 seeds); the rest lose
+    case["stl"] = {t: [0.8] * 4 for t in TASKS}
+    # a+b: extended from 2 to 4 seeds and now loses: its two new seeds fell 0.2.
+    ab = case["groups"][0]
+    ab["before"] = {k: ab[k] for k in ("matches", "outcome", "per_task", "seeds") if k in ab}
+    ab["before"]["outcome"] = "matches"
+    ab.update(matches=False, seeds=[0, 1, 2, 3], mtl={"a": [0.8, 0.8, 0.6, 0.6], "b": [0.8] * 4})
+    # a+c: extended, still loses; b+c: not extended (it still has 2 seeds), so it is left out.
+    ac = case["groups"][1]
+    ac["before"] = {k: ac[k] for k in ("matches", "per_task", "seeds")}
+    ac.update(seeds=[0, 1, 2, 3], mtl={t: [0.7] * 4 for t in ac["tasks"]})
+    plan = {
+        "cases": ["d1"],
+        "seeds_target": 4,
+        "rules": {"default": {"tau_rep": 0.1}, "one_se": {"tau_rep": 0.5}},
+        "groups": [
+            {
+                "case": "d1",
+                "tasks": list(g["tasks"]),
+                "matches_5": g["matches"] if "before" not in g else g["before"]["matches"],
+                "verdict": {"default": True, "one_se": i == 0},
+                "p_match": 0.9 if i == 0 else 0.2,
+            }
+            for i, g in enumerate(case["groups"][:3])
+        ],
+    }
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    monkeypatch.setattr(qr, "MORE_SEEDS_PREREG", path)
+    out = qr.more_seeds_test([case])
+    assert out is not None
+    assert out["groups"] == 2 and out["cases"] == ["d1"]
+    assert (out["lose_then"], out["lose_now"], out["now_lose"], out["now_match"]) == (1, 2, 1, 0)
+    # default says match on both: right on a+b then (1 of 2), on neither now.
+    assert out["rules"]["default"]["right_then"] == 1 and out["rules"]["default"]["right_now"] == 0
+    # one_se says match on a+b only: right on both then, on a+c only now.
+    assert out["rules"]["one_se"]["right_then"] == 2 and out["rules"]["one_se"]["right_now"] == 1
+    pm = out["rules"]["p_match"]
+    assert pm["brier_then"] == pytest.approx((0.1**2 + 0.2**2) / 2)
+    assert pm["brier_now"] == pytest.approx((0.9**2 + 0.2**2) / 2)
+    then = qr.as_first_measured(case, ab)
+    assert then["matches"] is True and then["mtl"]["a"] == [0.8, 0.8]
+    assert out["ceiling_then"] is not None and out["ceiling_then"]["groups"] >= 1
+    monkeypatch.setattr(qr, "MORE_SEEDS_PREREG", tmp_path / "missing.json")
+    assert qr.more_seeds_test([case]) is None
