@@ -198,6 +198,35 @@ def best_partition(case: dict[str, Any]) -> tuple[list[list[str]], float]:
     return best
 
 
+def regret_se(case: dict[str, Any], rec: list[list[str]], best: list[list[str]]) -> float | None:
+    """The seed standard error of a regret, in F1 points: per seed k, the best partition's mean
+    task macro-F1 minus the recommended one's (STL seed k for a singleton, MTL seed k for a group,
+    paired by seed as the verification pairs them), over the seeds every model in both has. 0 when
+    the two are the same partition; None when a group was not measured or fewer than 2 seeds."""
+    if same_partition(rec, best):
+        return 0.0
+    runs = {frozenset([t]): {t: f1s} for t, f1s in case["stl"].items()}
+    runs.update({frozenset(g["tasks"]): g["mtl"] for g in case["groups"]})
+
+    def per_task(partition: list[list[str]]) -> list[list[float]] | None:
+        out = []
+        for group in partition:
+            measured = runs.get(frozenset(group))
+            if measured is None:
+                return None
+            out += [list(measured[t]) for t in group]
+        return out
+
+    a, b = per_task(best), per_task(rec)
+    if a is None or b is None:
+        return None
+    n = min(len(v) for v in a + b)
+    if n < 2:
+        return None
+    diff = np.mean([v[:n] for v in a], axis=0) - np.mean([v[:n] for v in b], axis=0)
+    return 100.0 * float(np.std(diff, ddof=1)) / math.sqrt(n)
+
+
 def same_partition(a: list[list[str]], b: list[list[str]]) -> bool:
     return {frozenset(g) for g in a} == {frozenset(g) for g in b}
 
@@ -284,6 +313,7 @@ def judge_cases(
                 "best": best,
                 "best_f1": best_score,
                 "regret_points": None if rec_score is None else 100 * (best_score - rec_score),
+                "regret_se_points": regret_se(case, rec, best),
                 "planted": case["planted"],
                 "planted_recovered": None
                 if case["planted"] is None
@@ -1064,9 +1094,22 @@ def print_tables(part: dict[str, Any]) -> None:
             f"({sum(r['now_lose'] for r in rows)} now lose, "
             f"{sum(r['now_match'] for r in rows)} now match)"
         )
+    judged = [r for r in rows if r["regret_points"] is not None]
+    if judged:
+        within = [
+            r
+            for r in judged
+            if r["regret_se_points"] is not None
+            and r["regret_points"] - 2 * r["regret_se_points"] <= 1.0
+        ]
+        print(
+            f"regret (held-out thresholds): <= 1.0 F1 point on "
+            f"{sum(r['regret_points'] <= 1.0 for r in judged)}/{len(judged)} cases; within two "
+            f"seed-SEs of 1.0 (no surer than the seeds allow) on {len(within)}/{len(judged)}"
+        )
     print(
         "\n| case | seeds | tasks learnt | groups (lose, unclear) | confirmed | bal. acc. | "
-        "regret F1 pts | "
+        "regret F1 pts (SE) | "
         "planted | seed spread pts | steps vs brute / HOA / TAG | fast vs brute |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -1077,7 +1120,8 @@ def print_tables(part: dict[str, Any]) -> None:
             f"| {r['case']}{'' if r['complete'] else ' (partial)'} | {r['seeds']} | "
             f"{'–' if r['learnt'] is None else len(r['learnt'])}/{r['n_tasks']} | {r['groups']} "
             f"({r['losing_groups']}, {r['unclear_groups']}) | {r['confirmed']}/{r['groups']} | "
-            f"{fmt(r['balanced_accuracy'])} | {fmt(r['regret_points'], '.1f')} | {planted} | "
+            f"{fmt(r['balanced_accuracy'])} | {fmt(r['regret_points'], '.1f')} "
+            f"({fmt(r['regret_se_points'], '.1f')}) | {planted} | "
             f"{r['median_seed_spread_points']:.1f} | {fmt(c['ratio_brute_force'], '.3f')} / "
             f"{fmt(c['ratio_hoa'], '.3f')} / {fmt(c['ratio_tag'], '.2f')} | "
             f"{fmt(c.get('fast_ratio_brute_force'), '.3f')} |"

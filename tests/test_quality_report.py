@@ -478,3 +478,20 @@ def test_the_written_down_seed_extension_compares_frozen_verdicts_then_and_now(
     assert out["ceiling_then"] is not None and out["ceiling_then"]["groups"] >= 1
     monkeypatch.setattr(qr, "MORE_SEEDS_PREREG", tmp_path / "missing.json")
     assert qr.more_seeds_test([case]) is None
+
+
+def test_regret_se_pairs_the_two_partitions_seed_by_seed() -> None:
+    case = _case("d1", 0.9, 0.2, 0.2)
+    case["stl"] = {"a": [0.8, 0.9, 0.7], "b": [0.6, 0.6, 0.6], "c": [0.5, 0.5, 0.5]}
+    ab = case["groups"][0]
+    ab["mtl"] = {"a": [0.7, 0.7, 0.7], "b": [0.6, 0.6, 0.6]}
+    best = [["a"], ["b"], ["c"]]
+    rec = [["a", "b"], ["c"]]
+    # Per seed, best - rec = mean over a, b, c of the differences: a's (0.1, 0.2, 0.0) / 3.
+    diff = np.array([0.1, 0.2, 0.0]) / 3
+    expected = 100 * float(np.std(diff, ddof=1)) / math.sqrt(3)
+    assert qr.regret_se(case, rec, best) == pytest.approx(expected)
+    assert qr.regret_se(case, best, best) == 0.0
+    assert qr.regret_se(case, [["a", "b", "c"]], best) is not None  # over its 2 seeds
+    case["groups"] = case["groups"][1:]  # a+b no longer measured
+    assert qr.regret_se(case, rec, best) is None
