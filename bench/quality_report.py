@@ -452,6 +452,7 @@ def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
             "fast_mode": evaluate_fast(cases),
             "retest": retest_ceiling(cases),
             "partial_cka": partial_cka_comparison(cases),
+            "learnt_pairs": learnt_pairs_comparison(cases),
         }
     )
     cal = fit_calibration(
@@ -489,6 +490,70 @@ def relative_cka_min(case: dict[str, Any], tasks: list[str], *, relative: bool) 
 def has_seed_floor(case: dict[str, Any]) -> bool:
     """Whether ``bench_quality.py seedcka`` has run on the case."""
     return "seed_cka" in case and "pair_cka" in case
+
+
+def learnt_pairs_cka_min(case: dict[str, Any], tasks: list[str]) -> float | None:
+    """The group's smallest min-over-layers CKA over its pairs whose two tasks' seed-0
+    single-task models learnt (macro-F1 at least ``LEARN_MARGIN`` above the chance baseline: the
+    service's ``stl.learnt``, which reads seed 0 too); 1.0 when no pair has two such tasks. A
+    task whose model learnt nothing has no accuracy to lose, and its pairs' CKA compares a model
+    that does not solve it. None when the case has no baselines stored."""
+    base = case.get("stl_baseline")
+    if base is None:
+        return None
+    learnt = {t for t in tasks if case["stl"][t][0] >= base[t] + LEARN_MARGIN}
+    pairs = {frozenset(p["tasks"]): p["cka_min"] for p in case["recommendation"]["pairs"]}
+    values = [
+        pairs[frozenset((a, b))]
+        for a, b in itertools.combinations(tasks, 2)
+        if a in learnt and b in learnt
+    ]
+    return min(values) if values else 1.0
+
+
+def with_learnt_pairs(case: dict[str, Any]) -> dict[str, Any]:
+    """``case`` with the ``cka_min`` of every pair that has a task whose seed-0 model did not
+    learn set to 1.0, so that the grouping search and the verdicts read
+    :func:`learnt_pairs_cka_min` (a group's min over its pairs is then exactly that)."""
+    out = dict(case)
+    rec = dict(case["recommendation"])
+    rec["pairs"] = [
+        {**p, "cka_min": learnt_pairs_cka_min(case, list(p["tasks"]))} for p in rec["pairs"]
+    ]
+    out["recommendation"] = rec
+    return out
+
+
+def learnt_pairs_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Held-out scores with :func:`learnt_pairs_cka_min` in place of the min CKA, beside the
+    plain min CKA on the same groups (the cases with baselines stored), and the regret and
+    planted recovery of the groupings it gives with each fold's thresholds."""
+    usable = [c for c in cases if c.get("stl_baseline") is not None]
+    if len({c["dataset"] for c in usable}) < 2:
+        return None
+    plain = [o for c in usable for o in case_observations(c)]
+    learnt = [
+        dataclasses.replace(o, cka_min=learnt_pairs_cka_min(c, list(g["tasks"])))
+        for c in usable
+        for o, g in zip(case_observations(c), c["groups"], strict=True)
+    ]
+    held = leave_one_dataset_out(learnt)
+    folds = {f["dataset"]: grp.Thresholds(**f["thresholds"]) for f in held.folds}
+    rows = judge_cases([with_learnt_pairs(c) for c in usable], folds)
+    regrets = [r["regret_points"] for r in rows if r["regret_points"] is not None]
+    planted = [r["planted_recovered"] for r in rows if r["planted_recovered"] is not None]
+    return {
+        "cases": len(usable),
+        "groups": len(plain),
+        "plain": leave_one_dataset_out(plain).scores(),
+        "learnt_pairs": held.scores(),
+        "fitted_thresholds": dataclasses.asdict(fit_thresholds(learnt).thresholds),
+        "regret_within_1": sum(r <= 1.0 for r in regrets),
+        "regret_cases": len(regrets),
+        "regret_max": max(regrets, default=None),
+        "planted_recovered": sum(planted),
+        "planted_cases": len(planted),
+    }
 
 
 def seed_floor_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -660,6 +725,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
         "unseen": shipped_on_unseen(cases),
         "partial_unseen": partial_rule_on_unseen(cases),
         "seed_floor_unseen": seed_floor_rules_on_unseen(cases),
+        "learnt_pairs_unseen": learnt_pairs_rule_on_unseen(cases),
         "more_seeds": more_seeds_test(cases),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -690,6 +756,12 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
             kind,
             rule,
         )
+    print_rule_on_unseen(
+        "the learnt-pairs rule written down before these cases ran",
+        "min CKA over pairs of tasks that learnt",
+        "learnt",
+        result["learnt_pairs_unseen"],
+    )
     print_more_seeds(result["more_seeds"])
     return 0
 
@@ -802,6 +874,18 @@ def partial_rule_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | None
         cases, rule["cases"], lambda c, t: partial_cka_min(c, t, move), rule["thresholds"]
     )
     return {"move": move, **out}
+
+
+LEARNT_PAIRS_PREREG = Path(__file__).resolve().parent / "results" / "learnt_pairs_prereg.json"
+
+
+def learnt_pairs_rule_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The learnt-pairs rule as written down in ``results/learnt_pairs_prereg.json`` on the
+    cases it was not fitted on."""
+    if not LEARNT_PAIRS_PREREG.is_file():
+        return None
+    rule = json.loads(LEARNT_PAIRS_PREREG.read_text())
+    return rule_on_unseen(cases, rule["cases"], learnt_pairs_cka_min, rule["thresholds"])
 
 
 def seed_floor_rules_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -923,14 +1007,19 @@ def print_more_seeds(part: dict[str, Any] | None) -> None:
                 f"({c['ceiling_5_95'][0]:.2f}-{c['ceiling_5_95'][1]:.2f}), outcomes flipping "
                 f"{100 * c['flip_rate']:.0f}% on average, {c['coin_tosses']} coin tosses"
             )
-    print(f"{'case':<32} {'group':<44} {'5 seeds':>8} {'10 seeds':>9} {'default':>8} {'one_se':>7}")
+    names = [n for n in part["rules"] if n != "p_match"]
+    print(
+        f"{'case':<32} {'group':<44} {'5 seeds':>8} {'10 seeds':>9} "
+        + " ".join(f"{n:>12}" for n in names)
+        + f" {'p_match':>8}"
+    )
     for r in part["rows"]:
         print(
             f"{r['case']:<32} {'+'.join(r['tasks']):<44} "
             f"{'matches' if r['matches_5'] else 'loses':>8} "
             f"{'matches' if r['matches_now'] else 'loses':>9} "
-            f"{'match' if r['verdict']['default'] else 'lose':>8} "
-            f"{'match' if r['verdict']['one_se'] else 'lose':>7}"
+            + " ".join(f"{'match' if r['verdict'][n] else 'lose':>12}" for n in names)
+            + f" {r['p_match']:>8.2f}"
         )
 
 
@@ -1073,6 +1162,21 @@ def print_tables(part: dict[str, Any]) -> None:
             f"{fmt(best[1]['brier_p_match'], '.3f')}"
             f" (raw: {fmt(partial['raw']['balanced_accuracy_p_match'])}, "
             f"{fmt(partial['raw']['brier_p_match'], '.3f')})"
+        )
+    learnt = part.get("learnt_pairs")
+    if learnt:
+        lp, pl = learnt["learnt_pairs"], learnt["plain"]
+        print(
+            f"min CKA over pairs of tasks that learnt (seed 0; {learnt['cases']} cases, "
+            f"{learnt['groups']} groups): held-out balanced accuracy, thresholds "
+            f"{fmt(lp['balanced_accuracy_thresholds'])} (plain min CKA: "
+            f"{fmt(pl['balanced_accuracy_thresholds'])}), p_match "
+            f"{fmt(lp['balanced_accuracy_p_match'])} ({fmt(pl['balanced_accuracy_p_match'])}), "
+            f"Brier {fmt(lp['brier_p_match'], '.3f')} ({fmt(pl['brier_p_match'], '.3f')}); "
+            f"fitted on all: tau_rep {learnt['fitted_thresholds']['tau_rep']:g}; regret <= 1.0 "
+            f"on {learnt['regret_within_1']}/{learnt['regret_cases']} cases, max "
+            f"{fmt(learnt['regret_max'], '.1f')}; planted {learnt['planted_recovered']}/"
+            f"{learnt['planted_cases']}"
         )
     retest = part.get("retest")
     if retest and retest["ceiling"] is not None:

@@ -495,3 +495,52 @@ def test_regret_se_pairs_the_two_partitions_seed_by_seed() -> None:
     assert qr.regret_se(case, [["a", "b", "c"]], best) is not None  # over its 2 seeds
     case["groups"] = case["groups"][1:]  # a+b no longer measured
     assert qr.regret_se(case, rec, best) is None
+
+
+def test_learnt_pairs_cka_skips_pairs_with_a_task_that_did_not_learn() -> None:
+    """learnt_pairs_cka_min reads seed 0's single-task model against the chance baseline, as
+    the service's stl.learnt does; with_learnt_pairs makes the grouping search read it."""
+    case = _case("d1", 0.9, 0.2, 0.3)
+    assert qr.learnt_pairs_cka_min(case, ["a", "b", "c"]) is None  # no baselines stored
+    # c's seed-0 model is at its baseline (it did not learn); its mean over seeds is not read.
+    case["stl"] = {"a": [0.8, 0.8], "b": [0.8, 0.8], "c": [0.41, 0.9]}
+    case["stl_baseline"] = {"a": 0.4, "b": 0.4, "c": 0.4}
+    assert qr.learnt_pairs_cka_min(case, ["a", "b", "c"]) == 0.9
+    assert qr.learnt_pairs_cka_min(case, ["a", "c"]) == 1.0
+    case["stl"]["c"] = [0.8, 0.8]
+    assert qr.learnt_pairs_cka_min(case, ["a", "b", "c"]) == 0.2
+    case["stl"]["c"] = [0.41, 0.9]
+    pairs = {
+        frozenset(p["tasks"]): p["cka_min"]
+        for p in qr.with_learnt_pairs(case)["recommendation"]["pairs"]
+    }
+    assert pairs == {frozenset("ab"): 0.9, frozenset("ac"): 1.0, frozenset("bc"): 1.0}
+    assert case["recommendation"]["pairs"][1]["cka_min"] == 0.2  # the case itself is unchanged
+
+
+def test_the_written_down_learnt_pairs_rule_judges_only_unseen_cases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen, new = _case("d1", 0.9, 0.2, 0.2), _case("d2", 0.9, 0.3, 0.3)
+    for c in (seen, new):
+        c["stl_baseline"] = {t: 0.4 for t in TASKS}
+    rule = {"cases": ["d1"], "thresholds": {"tau_rep": 0.5, "tau_grad": -1.0, "rho": 1.0}}
+    path = tmp_path / "rule.json"
+    path.write_text(json.dumps(rule))
+    monkeypatch.setattr(qr, "LEARNT_PAIRS_PREREG", path)
+    out = qr.learnt_pairs_rule_on_unseen([seen, new])
+    assert out is not None and out["cases"] == ["d2"] and out["groups"] == 4
+    assert out["right"] == 4  # every task learnt: the plain min CKA, which decides d2 exactly
+    monkeypatch.setattr(qr, "LEARNT_PAIRS_PREREG", tmp_path / "missing.json")
+    assert qr.learnt_pairs_rule_on_unseen([seen, new]) is None
+
+
+def test_learnt_pairs_comparison_matches_the_plain_cka_when_every_task_learnt() -> None:
+    cases = _cases()
+    assert qr.learnt_pairs_comparison(cases) is None  # no baselines stored
+    for c in cases:
+        c["stl_baseline"] = {t: 0.4 for t in TASKS}
+    out = qr.learnt_pairs_comparison(cases)
+    assert out is not None and out["cases"] == 4 and out["groups"] == 16
+    assert out["learnt_pairs"] == out["plain"]
+    assert out["regret_cases"] == 4 and out["regret_within_1"] == out["regret_cases"]
