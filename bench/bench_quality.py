@@ -585,9 +585,29 @@ def extension_seeds(
     """The seeds a case's comparisons already have and those ``extend`` adds to reach ``target``.
     While an extension runs, ``extending`` marks the file and ``measured_seeds`` holds the seeds it
     started from, so a resumed run adds the same seeds again; once it has finished,
-    ``measured_seeds`` is history only, and a later extension starts from ``seeds``."""
-    old = list(result["measured_seeds"] if result.get("extending") else result["seeds"])
+    ``measured_seeds`` is history only, and a later extension starts from ``seeds``. An
+    interrupted extension resumes to its own target only: another would leave groups already
+    extended with more MTL seeds than the STL seeds kept."""
+    if result.get("extending"):
+        if result["extending"] != target:
+            raise ValueError(
+                f"an extension to {result['extending']} seeds was interrupted: resume it with "
+                f"--seeds {result['extending']} before asking for {target}"
+            )
+        old = list(result["measured_seeds"])
+    else:
+        old = list(result["seeds"])
     return old, [base_seed + k for k in range(len(old), target)]
+
+
+def seed_ordered_deltas(result: dict[str, Any], entry: dict[str, Any]) -> None:
+    """Set each task's ``seed_deltas`` in ``entry`` to MTL - STL seed by seed, in the order of
+    ``entry["seeds"]`` (``compare_group`` writes them in the order it was given the runs, which
+    ``extend_case`` gives new seeds first, for the bootstrap)."""
+    for p in entry["per_task"]:
+        mtl = entry["mtl"][p["task"]]
+        stl = result["stl"][p["task"]][: len(mtl)]
+        p["seed_deltas"] = [float(m - s) for m, s in zip(mtl, stl, strict=True)]
 
 
 def extend_case(case: Case, target: int) -> dict[str, Any]:
@@ -607,6 +627,10 @@ def extend_case(case: Case, target: int) -> dict[str, Any]:
     old, new = extension_seeds(result, case.training.seed, target)
     if not new:
         return result
+    if result.get("extending") and all(len(g["seeds"]) >= target for g in result["groups"]):
+        del result["extending"]  # interrupted after its last group: nothing left to train
+        save(path, result)
+        return result
     frame, tasks, _ = case.load()
     spec = case_spec(case, frame, tasks)
     t0 = time.perf_counter()
@@ -615,6 +639,19 @@ def extend_case(case: Case, target: int) -> dict[str, Any]:
     tracker.start("finetune")
     run_finetunes(job, tracker, None, None, seeds=new)
     old_stl = {n: result["stl"][n][: len(old)] for n in tasks}
+    if result.get("extending"):  # resumed: groups already extended were compared with these
+        for n in tasks:
+            kept = result["stl"][n][len(old) :]
+            retrained = [r.macro_f1 for r in job.stl[n]]
+            if len(kept) == len(retrained) and any(
+                abs(a - b) > 1e-9 for a, b in zip(kept, retrained, strict=True)
+            ):
+                print(
+                    f"  warning: {case.name} {n}: the new seeds' STL macro-F1 retrained on "
+                    f"resume differ from the stored ones ({kept} -> {retrained}); groups extended "
+                    "before the interruption were compared with the stored ones",
+                    file=sys.stderr,
+                )
     result["measured_seeds"] = old
     result["extending"] = target
     result["seeds"] = old + new
@@ -670,6 +707,7 @@ def extend_case(case: Case, target: int) -> dict[str, Any]:
         again["steps_per_seed"] = entry["steps_per_seed"]
         again["bootstrap_seed"] = new[0]
         again["before"] = before
+        seed_ordered_deltas(result, again)
         result["groups"][k - 1] = again
         save(path, result)
         deltas = " ".join(f"{p['task']}={100 * p['delta']:+.1f}" for p in again["per_task"])

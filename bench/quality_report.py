@@ -202,7 +202,9 @@ def regret_se(case: dict[str, Any], rec: list[list[str]], best: list[list[str]])
     """The seed standard error of a regret, in F1 points: per seed k, the best partition's mean
     task macro-F1 minus the recommended one's (STL seed k for a singleton, MTL seed k for a group,
     paired by seed as the verification pairs them), over the seeds every model in both has. 0 when
-    the two are the same partition; None when a group was not measured or fewer than 2 seeds."""
+    the two are the same partition; None when a group was not measured or fewer than 2 seeds.
+    The regret itself is the difference of the seed means over all of each model's seeds: the
+    same seeds, unless a case is part-way through an extension."""
     if same_partition(rec, best):
         return 0.0
     runs = {frozenset([t]): {t: f1s} for t, f1s in case["stl"].items()}
@@ -938,7 +940,14 @@ def more_seeds_test(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
         case = by_case.get(g["case"])
         if case is None:
             continue
-        entry = next(e for e in case["groups"] if list(e["tasks"]) == g["tasks"])
+        entry = next(
+            (e for e in case["groups"] if frozenset(e["tasks"]) == frozenset(g["tasks"])), None
+        )
+        if entry is None:
+            raise ValueError(
+                f"{MORE_SEEDS_PREREG.name}: {g['case']} has no measured group "
+                f"{'+'.join(g['tasks'])}"
+            )
         if len(entry["seeds"]) < plan["seeds_target"] or "before" not in entry:
             continue
         rows.append({**g, "matches_now": bool(entry["matches"])})
@@ -1201,10 +1210,7 @@ def print_tables(part: dict[str, Any]) -> None:
     judged = [r for r in rows if r["regret_points"] is not None]
     if judged:
         within = [
-            r
-            for r in judged
-            if r["regret_se_points"] is not None
-            and r["regret_points"] - 2 * r["regret_se_points"] <= 1.0
+            r for r in judged if r["regret_points"] - 2 * (r["regret_se_points"] or 0.0) <= 1.0
         ]
         print(
             f"regret (held-out thresholds): <= 1.0 F1 point on "

@@ -475,14 +475,17 @@ def test_the_written_down_seed_extension_compares_frozen_verdicts_then_and_now(
     assert pm["brier_now"] == pytest.approx((0.9**2 + 0.2**2) / 2)
     then = qr.as_first_measured(case, ab)
     assert then["matches"] is True and then["mtl"]["a"] == [0.8, 0.8]
-    assert out["ceiling_then"] is not None and out["ceiling_then"]["groups"] >= 1
+    # 'then' decides each group again on its first seeds only, and reproduces what was written
+    assert out["ceiling_then"] is not None
+    assert out["ceiling_then"]["groups"] == 2 and out["ceiling_then"]["not_reproduced"] == 0
     monkeypatch.setattr(qr, "MORE_SEEDS_PREREG", tmp_path / "missing.json")
     assert qr.more_seeds_test([case]) is None
 
 
 def test_regret_se_pairs_the_two_partitions_seed_by_seed() -> None:
     case = _case("d1", 0.9, 0.2, 0.2)
-    case["stl"] = {"a": [0.8, 0.9, 0.7], "b": [0.6, 0.6, 0.6], "c": [0.5, 0.5, 0.5]}
+    # c is in both partitions and varies by seed: paired, it cancels; unpaired, it would not.
+    case["stl"] = {"a": [0.8, 0.9, 0.7], "b": [0.6, 0.6, 0.6], "c": [0.3, 0.7, 0.5]}
     ab = case["groups"][0]
     ab["mtl"] = {"a": [0.7, 0.7, 0.7], "b": [0.6, 0.6, 0.6]}
     best = [["a"], ["b"], ["c"]]
@@ -544,3 +547,147 @@ def test_learnt_pairs_comparison_matches_the_plain_cka_when_every_task_learnt() 
     assert out is not None and out["cases"] == 4 and out["groups"] == 16
     assert out["learnt_pairs"] == out["plain"]
     assert out["regret_cases"] == 4 and out["regret_within_1"] == out["regret_cases"]
+
+
+def _extendable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, list[int]]:
+    """A 2-task case file measured on 3 seeds, and bench_quality.extend_case with the training
+    replaced by fakes whose macro-F1 encodes the seed (STL 0.5 + seed/100, MTL 0.4 + seed/100):
+    ``trained`` lists the MTL seeds trained, in order."""
+    import types
+
+    import bench_quality as bq
+
+    import models.pipeline
+    import models.verify
+
+    monkeypatch.setattr(bq, "OUT", tmp_path)
+    monkeypatch.setattr(
+        bq,
+        "case_spec",
+        lambda *a, **k: types.SimpleNamespace(analysis=types.SimpleNamespace(tolerance=0.01)),
+    )
+    job = types.SimpleNamespace(encoder=None, tokenized={"a": 0, "b": 0}, device="cpu", pad_id=0)
+    monkeypatch.setattr(models.pipeline, "prepare", lambda spec: job)
+
+    def finetunes(job: Any, tracker: Any, a: Any, b: Any, *, seeds: list[int]) -> None:
+        job.stl = {
+            n: [types.SimpleNamespace(macro_f1=0.5 + s / 100, val_preds=[]) for s in seeds]
+            for n in "ab"
+        }
+
+    trained: list[int] = []
+
+    def train_mtl(**kw: Any) -> Any:
+        trained.append(kw["seed"])
+        f1 = {n: 0.4 + kw["seed"] / 100 for n in kw["tasks"]}
+        return models.verify.MTLResult(list(kw["tasks"]), f1, {}, {}, 10, 1.0, kw["seed"])
+
+    def compare(group: list[str], tok: Any, stl: Any, runs: Any, **kw: Any) -> dict[str, Any]:
+        n = len(runs)
+        per_task = [
+            {
+                "task": t,
+                "delta": float(np.mean([r.macro_f1[t] - stl[t][i][0] for i, r in enumerate(runs)])),
+                "tolerance": 0.01,
+                "seed_deltas": [r.macro_f1[t] - stl[t][i][0] for i, r in enumerate(runs)],
+            }
+            for t in group
+        ]
+        return {
+            "tasks": group,
+            "matches": False,
+            "outcome": "loses",
+            "per_task": per_task,
+            "seeds_given": [r.seed for r in runs],
+            "n": n,
+        }
+
+    monkeypatch.setattr(models.pipeline, "run_finetunes", finetunes)
+    monkeypatch.setattr(models.verify, "train_mtl", train_mtl)
+    monkeypatch.setattr(models.verify, "compare_group", compare)
+    seeds = [0, 1, 2]
+    result = {
+        "seeds": seeds,
+        "stl": {n: [0.5 + s / 100 for s in seeds] for n in "ab"},
+        "groups": [
+            {
+                "tasks": ["a", "b"],
+                "matches": True,
+                "outcome": "matches",
+                "per_task": [],
+                "seeds": seeds,
+                "mtl": {n: [0.4 + s / 100 for s in seeds] for n in "ab"},
+                "steps": 30,
+                "seconds": 3.0,
+                "steps_per_seed": 10,
+                "predicted": True,
+                "before": {"matches": False, "seeds": [0, 1]},
+            },
+            {
+                "tasks": ["b", "a"],
+                "matches": True,
+                "outcome": "matches",
+                "per_task": [],
+                "seeds": seeds,
+                "mtl": {n: [0.4 + s / 100 for s in seeds] for n in "ab"},
+                "steps": 30,
+                "seconds": 3.0,
+                "steps_per_seed": 10,
+                "predicted": True,
+            },
+        ],
+    }
+    bq.save(tmp_path / "c.json", result)
+    case = types.SimpleNamespace(
+        name="c", training=types.SimpleNamespace(seed=0), load=lambda: (None, ["a", "b"], None)
+    )
+    return bq, case, trained
+
+
+def test_extend_case_adds_seeds_keeps_the_chain_and_orders_the_deltas_by_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bq, case, trained = _extendable(tmp_path, monkeypatch)
+    out = bq.extend_case(case, 5)
+    assert trained == [3, 4, 3, 4]
+    assert "extending" not in out and out["seeds"] == [0, 1, 2, 3, 4]
+    assert out["stl"]["a"] == pytest.approx([0.5 + s / 100 for s in range(5)])
+    first, second = out["groups"]
+    assert first["seeds"] == [0, 1, 2, 3, 4]
+    assert first["mtl"]["a"] == pytest.approx([0.4 + s / 100 for s in range(5)])
+    assert first["seeds_given"] == [3, 4, 0, 1, 2]  # new seeds first: the bootstrap reads them
+    # ... but the stored per-seed differences follow the seeds, and each pairs a seed with itself
+    assert [p["seed_deltas"] for p in first["per_task"]] == [pytest.approx([-0.1] * 5)] * 2
+    assert first["before"]["seeds"] == [0, 1, 2] and first["before"]["before"]["seeds"] == [0, 1]
+    assert "before" not in second["before"]
+    assert json.loads((tmp_path / "c.json").read_text()) == out
+    assert bq.extend_case(case, 5) == out and trained == [3, 4, 3, 4]  # nothing left to add
+
+
+def test_extend_case_resumes_where_it_was_killed_and_only_to_its_own_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bq, case, trained = _extendable(tmp_path, monkeypatch)
+    calls = {"n": 0}
+    real = bq.save
+
+    def dies_after_the_first_group(path: Path, result: dict[str, Any]) -> None:
+        real(path, result)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(bq, "save", dies_after_the_first_group)
+    with pytest.raises(RuntimeError, match="killed"):
+        bq.extend_case(case, 5)
+    stored = json.loads((tmp_path / "c.json").read_text())
+    assert stored["extending"] == 5 and stored["measured_seeds"] == [0, 1, 2]
+    assert [len(g["seeds"]) for g in stored["groups"]] == [5, 3]
+    with pytest.raises(ValueError, match="--seeds 5"):
+        bq.extend_case(case, 7)
+    trained.clear()
+    out = bq.extend_case(case, 5)
+    assert trained == [3, 4]  # the first group is not trained again
+    assert "extending" not in out and [len(g["seeds"]) for g in out["groups"]] == [5, 5]
+    assert out["groups"][0]["before"]["seeds"] == [0, 1, 2]
+    assert out["stl"]["b"] == pytest.approx([0.5 + s / 100 for s in range(5)])
