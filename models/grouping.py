@@ -100,7 +100,7 @@ class Thresholds:
     # (bench/bench_quality.py report; README "How good is the verdict?"). The gradient cosines
     # did not separate matching from losing groups there (every |cosine| < 0.15), nor did the
     # conflict rate, so the fit leaves tau_grad and rho loose: the verdict rests on CKA.
-    tau_rep: float = 0.125  # min-over-layers CKA a pair needs
+    tau_rep: float = 0.15  # min-over-layers CKA a pair needs
     tau_grad: float = -0.275  # whole-encoder gradient cosine a pair needs
     rho: float = 0.9  # max conflict rate (share of samples with cosine < 0)
 
