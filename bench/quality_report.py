@@ -348,6 +348,20 @@ def fold_thresholds(obs: list[Observation]) -> dict[str, grp.Thresholds]:
     return out
 
 
+def grouping_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Regret and planted recovery over :func:`judge_cases` rows: cases with regret <= 1.0 F1
+    point, cases with a regret, the largest; planted groupings recovered, cases with one."""
+    regrets = [r["regret_points"] for r in rows if r["regret_points"] is not None]
+    planted = [r["planted_recovered"] for r in rows if r["planted_recovered"] is not None]
+    return {
+        "regret_within_1": sum(r <= 1.0 for r in regrets),
+        "regret_cases": len(regrets),
+        "regret_max": max(regrets, default=None),
+        "planted_recovered": sum(planted),
+        "planted_cases": len(planted),
+    }
+
+
 def alternative_rule(
     cases: list[dict[str, Any]], obs: list[Observation], rule: str
 ) -> dict[str, Any]:
@@ -357,18 +371,12 @@ def alternative_rule(
     held = leave_one_dataset_out(obs, rule=rule)
     folds = {f["dataset"]: grp.Thresholds(**f["thresholds"]) for f in held.folds}
     rows = judge_cases(cases, folds)
-    regrets = [r["regret_points"] for r in rows if r["regret_points"] is not None]
-    planted = [r["planted_recovered"] for r in rows if r["planted_recovered"] is not None]
     return {
         "rule": rule,
         "balanced_accuracy_thresholds": held.scores()["balanced_accuracy_thresholds"],
         "fold_tau_rep": sorted(th.tau_rep for th in folds.values()),
         "fitted_thresholds": dataclasses.asdict(fit_thresholds(obs, rule=rule).thresholds),
-        "regret_within_1": sum(r <= 1.0 for r in regrets),
-        "regret_cases": len(regrets),
-        "regret_max": max(regrets) if regrets else None,
-        "planted_recovered": sum(planted),
-        "planted_cases": len(planted),
+        **grouping_summary(rows),
         "rows": [
             {"case": r["case"], "regret_points": r["regret_points"], "confirmed": r["confirmed"]}
             for r in rows
@@ -513,17 +521,21 @@ def learnt_pairs_cka_min(case: dict[str, Any], tasks: list[str]) -> float | None
     return min(values) if values else 1.0
 
 
+def with_pair_cka(
+    case: dict[str, Any], value: Callable[[dict[str, Any], list[str]], float | None]
+) -> dict[str, Any]:
+    """``case`` with every pair's ``cka_min`` replaced by ``value(case, pair's tasks)``, so that
+    the grouping search and the verdicts run on that feature (a copy; ``case`` is unchanged)."""
+    rec = dict(case["recommendation"])
+    rec["pairs"] = [{**p, "cka_min": value(case, list(p["tasks"]))} for p in rec["pairs"]]
+    return {**case, "recommendation": rec}
+
+
 def with_learnt_pairs(case: dict[str, Any]) -> dict[str, Any]:
     """``case`` with the ``cka_min`` of every pair that has a task whose seed-0 model did not
     learn set to 1.0, so that the grouping search and the verdicts read
     :func:`learnt_pairs_cka_min` (a group's min over its pairs is then exactly that)."""
-    out = dict(case)
-    rec = dict(case["recommendation"])
-    rec["pairs"] = [
-        {**p, "cka_min": learnt_pairs_cka_min(case, list(p["tasks"]))} for p in rec["pairs"]
-    ]
-    out["recommendation"] = rec
-    return out
+    return with_pair_cka(case, learnt_pairs_cka_min)
 
 
 def learnt_pairs_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -542,19 +554,13 @@ def learnt_pairs_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | Non
     held = leave_one_dataset_out(learnt)
     folds = {f["dataset"]: grp.Thresholds(**f["thresholds"]) for f in held.folds}
     rows = judge_cases([with_learnt_pairs(c) for c in usable], folds)
-    regrets = [r["regret_points"] for r in rows if r["regret_points"] is not None]
-    planted = [r["planted_recovered"] for r in rows if r["planted_recovered"] is not None]
     return {
         "cases": len(usable),
         "groups": len(plain),
         "plain": leave_one_dataset_out(plain).scores(),
         "learnt_pairs": held.scores(),
         "fitted_thresholds": dataclasses.asdict(fit_thresholds(learnt).thresholds),
-        "regret_within_1": sum(r <= 1.0 for r in regrets),
-        "regret_cases": len(regrets),
-        "regret_max": max(regrets, default=None),
-        "planted_recovered": sum(planted),
-        "planted_cases": len(planted),
+        **grouping_summary(rows),
     }
 
 
@@ -626,13 +632,7 @@ def partial_observations(cases: list[dict[str, Any]], move: float) -> list[Obser
 def with_partial_cka(case: dict[str, Any], move: float) -> dict[str, Any]:
     """``case`` with every pair's ``cka_min`` replaced by its partial CKA (:func:`partial_cka_min`),
     so that the grouping search and the verdicts run on it."""
-    out = dict(case)
-    rec = dict(case["recommendation"])
-    rec["pairs"] = [
-        {**p, "cka_min": partial_cka_min(case, list(p["tasks"]), move)} for p in rec["pairs"]
-    ]
-    out["recommendation"] = rec
-    return out
+    return with_pair_cka(case, lambda c, tasks: partial_cka_min(c, tasks, move))
 
 
 def partial_cka_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -674,15 +674,7 @@ def partial_cka_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None
         "raw": leave_one_dataset_out(raw).scores(),
         "nested_balanced_accuracy": balanced_accuracy(y, verdicts),
         "nested_moves": chosen,
-        "regret_within_1": sum(
-            r["regret_points"] <= 1.0 for r in rows if r["regret_points"] is not None
-        ),
-        "regret_cases": sum(r["regret_points"] is not None for r in rows),
-        "regret_max": max(
-            (r["regret_points"] for r in rows if r["regret_points"] is not None), default=None
-        ),
-        "planted_recovered": sum(bool(r["planted_recovered"]) for r in rows),
-        "planted_cases": sum(r["planted_recovered"] is not None for r in rows),
+        **grouping_summary(rows),
         "rows": [
             {
                 "case": r["case"],

@@ -606,35 +606,28 @@ def _extendable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, A
     monkeypatch.setattr(models.verify, "train_mtl", train_mtl)
     monkeypatch.setattr(models.verify, "compare_group", compare)
     seeds = [0, 1, 2]
+
+    def group(tasks: list[str], **extra: Any) -> dict[str, Any]:
+        return {
+            "tasks": tasks,
+            "matches": True,
+            "outcome": "matches",
+            "per_task": [],
+            "seeds": seeds,
+            "mtl": {n: [0.4 + s / 100 for s in seeds] for n in "ab"},
+            "steps": 30,
+            "seconds": 3.0,
+            "steps_per_seed": 10,
+            "predicted": True,
+            **extra,
+        }
+
     result = {
         "seeds": seeds,
         "stl": {n: [0.5 + s / 100 for s in seeds] for n in "ab"},
         "groups": [
-            {
-                "tasks": ["a", "b"],
-                "matches": True,
-                "outcome": "matches",
-                "per_task": [],
-                "seeds": seeds,
-                "mtl": {n: [0.4 + s / 100 for s in seeds] for n in "ab"},
-                "steps": 30,
-                "seconds": 3.0,
-                "steps_per_seed": 10,
-                "predicted": True,
-                "before": {"matches": False, "seeds": [0, 1]},
-            },
-            {
-                "tasks": ["b", "a"],
-                "matches": True,
-                "outcome": "matches",
-                "per_task": [],
-                "seeds": seeds,
-                "mtl": {n: [0.4 + s / 100 for s in seeds] for n in "ab"},
-                "steps": 30,
-                "seconds": 3.0,
-                "steps_per_seed": 10,
-                "predicted": True,
-            },
+            group(["a", "b"], before={"matches": False, "seeds": [0, 1]}),
+            group(["b", "a"]),
         ],
     }
     bq.save(tmp_path / "c.json", result)
