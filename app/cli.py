@@ -516,7 +516,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             )
             metrics: dict[str, Any] = {}
             try:
-                metrics["held_out"] = leave_one_dataset_out(obs, strength=args.strength).scores()
+                held = leave_one_dataset_out(obs, strength=args.strength)
+                metrics["held_out"] = held.scores()
+                # The same predictions on the groups whose every single-task model learnt its
+                # task: where the evidence compares models that solve their tasks.
+                metrics["held_out_learnt_groups"] = held.subset_scores(
+                    [o.learnt is True for o in obs]
+                )
             except CalibrationError as exc:
                 metrics["held_out"] = f"not measured: {exc}"
             try:
@@ -543,6 +549,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         f"fitted p_match on {len(obs)} verified groups ({matching} matched) of {len(verified)} jobs"
     )
     print(f"held out (leave one dataset out): {metrics['held_out']}")
+    if "held_out_learnt_groups" in metrics:
+        learnt = metrics["held_out_learnt_groups"]
+        print(
+            f"held out, groups whose every task's single-task model learnt "
+            f"({learnt['n_groups']} of {len(obs)}): {learnt}"
+        )
     print(f"suggested thresholds: {metrics['suggested_thresholds']}")
     print(f"stored as calibration {stored}" if stored else "dry run: nothing stored")
     return 0

@@ -30,7 +30,6 @@ from models import grouping as grp
 from models.calibration import (
     Calibration,
     CalibrationError,
-    HeldOut,
     Observation,
     balanced_accuracy,
     fit_calibration,
@@ -397,21 +396,6 @@ def family(case: dict[str, Any]) -> str:
     return "random-init" if case["model"].startswith("tiny-") else "pretrained"
 
 
-def _subset_scores(held: HeldOut, keep: list[bool]) -> dict[str, Any]:
-    """Held-out balanced accuracies on the groups ``keep`` marks (same order as ``held``)."""
-    y = [v for v, k in zip(held.y, keep, strict=True) if k]
-    return {
-        "n_groups": len(y),
-        "n_matching": sum(y),
-        "balanced_accuracy_thresholds": balanced_accuracy(
-            y, [v for v, k in zip(held.threshold_verdicts, keep, strict=True) if k]
-        ),
-        "balanced_accuracy_p_match": balanced_accuracy(
-            y, [p >= 0.5 for p, k in zip(held.p_match, keep, strict=True) if k]
-        ),
-    }
-
-
 def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
     """Held-out scores, thresholds fitted on all, per-case rows and fast mode, for ``cases``."""
     obs = [o for case in cases for o in case_observations(case)]
@@ -432,21 +416,17 @@ def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
     )
     # The held-out predictions again, on the groups whose measured outcome is clear (a margin
     # of one seed-SE or more; ``outcome_margin``) and on those whose every single-task model
-    # learnt. ``leave_one_dataset_out`` predicts the datasets in sorted order, each dataset's
-    # groups in their order; ``source`` pairs each observation with its case and group (two
-    # cases may share a dataset).
+    # learnt; ``source`` pairs each observation with its case and group.
     source = [(c, g) for c in cases for g in c["groups"]]
-    datasets = sorted({o.dataset for o in obs})
-    order = [i for d in datasets for i, o in enumerate(obs) if o.dataset == d]
-    clear = [abs(outcome_margin(*source[i])) >= 1.0 for i in order]
+    clear = [abs(outcome_margin(c, g)) >= 1.0 for c, g in source]
     informative = [
-        (tasks := learnt_tasks(source[i][0])) is not None and set(obs[i].tasks) <= tasks
-        for i in order
+        (tasks := learnt_tasks(c)) is not None and set(o.tasks) <= tasks
+        for (c, _), o in zip(source, obs, strict=True)
     ]
-    out["learnt_groups"] = _subset_scores(held, informative)
-    out["clear_outcomes"] = _subset_scores(held, clear)
-    out["learnt_and_clear"] = _subset_scores(
-        held, [a and b for a, b in zip(informative, clear, strict=True)]
+    out["learnt_groups"] = held.subset_scores(informative)
+    out["clear_outcomes"] = held.subset_scores(clear)
+    out["learnt_and_clear"] = held.subset_scores(
+        [a and b for a, b in zip(informative, clear, strict=True)]
     )
     out.update(
         {

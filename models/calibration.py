@@ -64,6 +64,9 @@ class Observation:
     grad_cosine: float
     conflict_rate: float
     matches: bool
+    # Whether every task's single-task model learnt its task (``stl.learnt``; None: not known).
+    # Not a feature: it marks the groups whose evidence compares models that solve their tasks.
+    learnt: bool | None = None
 
     @property
     def n_tasks(self) -> int:
@@ -99,7 +102,12 @@ def group_features(tasks: Sequence[str], pairs: Iterable[Mapping[str, Any]]) -> 
 
 
 def observation(
-    dataset: str, tasks: Sequence[str], pairs: Iterable[Mapping[str, Any]], matches: bool
+    dataset: str,
+    tasks: Sequence[str],
+    pairs: Iterable[Mapping[str, Any]],
+    matches: bool,
+    *,
+    learnt: bool | None = None,
 ) -> Observation:
     f = group_features(tasks, pairs)
     return Observation(
@@ -110,15 +118,22 @@ def observation(
         grad_cosine=f["grad_cosine"],
         conflict_rate=f["conflict_rate"],
         matches=bool(matches),
+        learnt=learnt,
     )
 
 
 def observations_from_recommendation(rec: Mapping[str, Any], dataset: str) -> list[Observation]:
-    """The verified groups of a recommendation (``schema.Recommendation`` as JSON data)."""
+    """The verified groups of a recommendation (``schema.Recommendation`` as JSON data), each
+    marked ``learnt`` when every task's single-task model learnt (``stl.learnt``)."""
+    learnt = {t["name"]: (t.get("stl") or {}).get("learnt") for t in rec.get("tasks") or []}
     out = []
     for entry in rec.get("verification") or []:
         if len(entry["tasks"]) > 1:
-            out.append(observation(dataset, entry["tasks"], rec["pairs"], entry["matches"]))
+            flags = [learnt.get(t) for t in entry["tasks"]]
+            known = None if any(f is None for f in flags) else all(flags)
+            out.append(
+                observation(dataset, entry["tasks"], rec["pairs"], entry["matches"], learnt=known)
+            )
     return out
 
 
@@ -324,6 +339,9 @@ class HeldOut:
     p_match: list[float]
     base_rate: list[float]  # the training folds' share of matching groups: the no-skill forecast
     folds: list[dict[str, Any]]
+    # For each prediction, the position of its observation in the sequence given to
+    # :func:`leave_one_dataset_out` (the predictions come dataset by dataset).
+    index: list[int] = field(default_factory=list)
 
     def scores(self) -> dict[str, Any]:
         y = self.y
@@ -335,6 +353,26 @@ class HeldOut:
             "brier_p_match": brier(y, self.p_match) if y else None,
             "brier_base_rate": brier(y, self.base_rate) if y else None,
             "always_matches_balanced_accuracy": balanced_accuracy(y, [True] * len(y)),
+        }
+
+    def subset_scores(self, keep: Sequence[bool]) -> dict[str, Any]:
+        """Held-out balanced accuracies on the groups ``keep`` marks; ``keep`` is in the order of
+        the observations given to :func:`leave_one_dataset_out`, not of the predictions."""
+        if len(keep) != len(self.index):
+            raise ValueError(f"keep has {len(keep)} entries for {len(self.index)} observations")
+        mine = [keep[i] for i in self.index]
+
+        def kept(values: Sequence[Any]) -> list[Any]:
+            return [v for v, k in zip(values, mine, strict=True) if k]
+
+        y = kept(self.y)
+        return {
+            "n_groups": len(y),
+            "n_matching": sum(y),
+            "balanced_accuracy_thresholds": balanced_accuracy(y, kept(self.threshold_verdicts)),
+            "balanced_accuracy_p_match": balanced_accuracy(
+                y, [p >= 0.5 for p in kept(self.p_match)]
+            ),
         }
 
 
@@ -354,6 +392,7 @@ def leave_one_dataset_out(
     for held in datasets:
         train = [o for o in obs if o.dataset != held]
         test = [o for o in obs if o.dataset == held]
+        out.index += [i for i, o in enumerate(obs) if o.dataset == held]
         try:
             fit = fit_thresholds(train, rule=rule)
             th = fit.thresholds

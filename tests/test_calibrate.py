@@ -43,7 +43,9 @@ def _pair(a: str, b: str, cka: float, grad: float) -> dict[str, Any]:
     }
 
 
-def _verified_job(session: Session, dataset_id: str, cka: float, matches: bool) -> None:
+def _verified_job(
+    session: Session, dataset_id: str, cka: float, matches: bool, learnt: bool = True
+) -> None:
     """A succeeded job whose recommendation verified its pair (a, b)."""
     dataset = repo.create_dataset(
         session=session,
@@ -68,6 +70,7 @@ def _verified_job(session: Session, dataset_id: str, cka: float, matches: bool) 
     )
     assert repo.finish_job(session=session, job_id=job.id, status="succeeded")
     body = {
+        "tasks": [{"name": t, "stl": {"learnt": learnt or t == "a"}} for t in ("a", "b")],
         "pairs": [_pair("a", "b", cka, 0.1)],
         "verification": [{"tasks": ["a", "b"], "matches": matches}],
     }
@@ -79,7 +82,7 @@ def _fill(sessionmaker: Any, n: int) -> None:
     with sessionmaker() as session:
         for k in range(n):
             cka = float(rng.uniform(0, 1))
-            _verified_job(session, f"d{k % 3}", cka, cka >= 0.5)
+            _verified_job(session, f"d{k % 3}", cka, cka >= 0.5, learnt=k % 5 != 0)
         session.commit()
 
 
@@ -97,6 +100,10 @@ def test_calibrate_fits_stores_and_reports(
         assert row is not None and row.n_groups == 30 and row.n_jobs == 30
         cal = Calibration.from_dict(row.body)
     assert cal.metrics["held_out"]["n_groups"] == 30
+    # Every fifth job's task b learnt little: its group is left out of the learnt-groups scores.
+    learnt = cal.metrics["held_out_learnt_groups"]
+    assert learnt["n_groups"] == 24 and learnt["n_matching"] <= 24
+    assert "groups whose every task's single-task model learnt (24 of 30)" in out
     strong = {"cka_min": 0.9, "cka_mean": 0.9, "grad_cosine": 0.1, "conflict_rate": 0.0}
     weak = {**strong, "cka_min": 0.1, "cka_mean": 0.1}
     assert cal.p_match({**strong, "n_tasks": 2}) > 0.5 > cal.p_match({**weak, "n_tasks": 2})

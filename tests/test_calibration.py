@@ -93,7 +93,13 @@ def test_observations_from_a_verified_recommendation() -> None:
         (("a", "b", "c"), False, "ds"),
     ]
     assert obs[1].cka_min == 0.2
+    assert [o.learnt for o in obs] == [None, None]  # no task reports: not known
     assert observations_from_recommendation({"pairs": [], "verification": None}, "x") == []
+    tasks = [{"name": "a", "stl": {"learnt": True}}, {"name": "b", "stl": {"learnt": True}}]
+    tasks.append({"name": "c", "stl": {"learnt": False}})
+    marked = observations_from_recommendation({**rec, "tasks": tasks}, "ds")
+    assert [o.learnt for o in marked] == [True, False]  # c's model learnt little
+    assert [o.features() for o in marked] == [o.features() for o in obs]  # not a feature
 
 
 def test_balanced_accuracy_punishes_a_constant_verdict() -> None:
@@ -229,6 +235,32 @@ def test_leave_one_dataset_out_scores_held_out_data() -> None:
     assert scores["always_matches_balanced_accuracy"] == 0.5
     with pytest.raises(CalibrationError, match="2\\+ datasets"):
         leave_one_dataset_out([o for o in obs if o.dataset == "d0"])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.lists(st.booleans(), min_size=60, max_size=60))
+def test_held_out_subset_scores_follow_the_observations_order(seed: int, keep: list[bool]) -> None:
+    # Interleaved datasets, so the predictions (dataset by dataset) are not in the observations'
+    # order: a subset given in the observations' order must pick the same groups' predictions.
+    obs = _separable(60, seed=seed, datasets=3)
+    held = leave_one_dataset_out(obs)
+    assert sorted(held.index) == list(range(60))
+    assert [obs[i].matches for i in held.index] == held.y
+    full = held.subset_scores([True] * 60)
+    scores = held.scores()
+    for key in ("n_groups", "n_matching", "balanced_accuracy_thresholds"):
+        assert full[key] == scores[key]
+    part = held.subset_scores(keep)
+    picked = [k for k, i in enumerate(held.index) if keep[i]]
+    y = [held.y[k] for k in picked]
+    assert part["n_groups"] == sum(keep) and part["n_matching"] == sum(
+        obs[i].matches for i in range(60) if keep[i]
+    )
+    assert part["balanced_accuracy_thresholds"] == balanced_accuracy(
+        y, [held.threshold_verdicts[k] for k in picked]
+    )
+    with pytest.raises(ValueError, match="59 entries for 60"):
+        held.subset_scores(keep[:59])
 
 
 def test_the_shipped_calibration_loads_and_is_the_default() -> None:
