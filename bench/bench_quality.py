@@ -434,6 +434,40 @@ def default_suite() -> list[Case]:
                 notes=f"3 tasks at {level} noise: {rows} rows, generator seed {seed}",
             )
         )
+    # Added 2026-11-27 (ninth session), before either ran, to judge on data no fit has seen the
+    # learnt-pairs rule written down in bench/results/learnt_pairs_prereg.json and the shipped
+    # defaults (tau_rep 0.15, the p_match fitted on all nineteen 3-task CPU cases at 10 seeds):
+    # two kinds of case where a task's single-task model may learn little, which is where that
+    # rule and the plain min CKA disagree. A small task beside two large unrelated ones on a new
+    # generator seed, and three birds tasks on a new sample of 1,000 rows at birds-minilm's
+    # settings.
+    cases.append(
+        Case(
+            name="synth-minilm-small-t3-s93",
+            dataset="synth-minilm-small-t3-s93",
+            load=small_task_loader(
+                synth_loader((1, 1, 1), NOISES["mid"], rows=600, classes=4, seed=93),
+                "channel",
+                keep=0.1,
+                seed=93,
+            ),
+            model="minilm-l6",
+            training=minilm_synth,
+            seeds=5,
+            notes="a small task (60 labels) beside two large unrelated ones (600), seed 93",
+        )
+    )
+    cases.append(
+        Case(
+            name="birds-minilm-c-t3",
+            dataset="birds-minilm-c-t3",
+            load=birds_loader(1000, ["phase_of_flt", "time_of_day", "effect"], seed=41),
+            model="minilm-l6",
+            training=dataclasses.replace(minilm_synth, max_length=64),
+            seeds=5,
+            notes="three birds tasks on another 1,000 rows (sample seed 41)",
+        )
+    )
     return cases
 
 
