@@ -519,10 +519,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 held = leave_one_dataset_out(obs, strength=args.strength)
                 metrics["held_out"] = held.scores()
                 # The same predictions on the groups whose every single-task model learnt its
-                # task: where the evidence compares models that solve their tasks.
-                metrics["held_out_learnt_groups"] = held.subset_scores(
-                    [o.learnt is True for o in obs]
-                )
+                # task: where the evidence compares models that solve their tasks (recommendations
+                # stored before ``stl.learnt`` existed do not say).
+                if any(o.learnt is not None for o in obs):
+                    metrics["held_out_learnt_groups"] = held.subset_scores(
+                        [o.learnt is True for o in obs]
+                    )
             except CalibrationError as exc:
                 metrics["held_out"] = f"not measured: {exc}"
             try:

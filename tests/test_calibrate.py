@@ -3,6 +3,7 @@ stored, and used by the workers."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ def _pair(a: str, b: str, cka: float, grad: float) -> dict[str, Any]:
 
 
 def _verified_job(
-    session: Session, dataset_id: str, cka: float, matches: bool, learnt: bool = True
+    session: Session, dataset_id: str, cka: float, matches: bool, learnt: bool | None = True
 ) -> None:
     """A succeeded job whose recommendation verified its pair (a, b)."""
     dataset = repo.create_dataset(
@@ -69,20 +70,22 @@ def _verified_job(
         dataset_ids=[dataset.id],
     )
     assert repo.finish_job(session=session, job_id=job.id, status="succeeded")
-    body = {
-        "tasks": [{"name": t, "stl": {"learnt": learnt or t == "a"}} for t in ("a", "b")],
+    body: dict[str, Any] = {
         "pairs": [_pair("a", "b", cka, 0.1)],
         "verification": [{"tasks": ["a", "b"], "matches": matches}],
     }
+    if learnt is not None:  # None: stored before task reports said whether a model learnt
+        body["tasks"] = [{"name": t, "stl": {"learnt": learnt or t == "a"}} for t in ("a", "b")]
     repo.save_recommendation(session=session, job_id=job.id, body=body)
 
 
-def _fill(sessionmaker: Any, n: int) -> None:
+def _fill(sessionmaker: Any, n: int, *, known: bool = True) -> None:
     rng = np.random.default_rng(0)
     with sessionmaker() as session:
         for k in range(n):
             cka = float(rng.uniform(0, 1))
-            _verified_job(session, f"d{k % 3}", cka, cka >= 0.5, learnt=k % 5 != 0)
+            learnt = k % 5 != 0 if known else None
+            _verified_job(session, f"d{k % 3}", cka, cka >= 0.5, learnt=learnt)
         session.commit()
 
 
@@ -109,12 +112,18 @@ def test_calibrate_fits_stores_and_reports(
     assert cal.p_match({**strong, "n_tasks": 2}) > 0.5 > cal.p_match({**weak, "n_tasks": 2})
 
 
-def test_calibrate_dry_run_stores_nothing(db: tuple[str, Any]) -> None:
+def test_calibrate_dry_run_stores_nothing(
+    db: tuple[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     _, sessionmaker = db
-    _fill(sessionmaker, 12)
+    _fill(sessionmaker, 12, known=False)
     assert main(["calibrate", "--min-groups", "5", "--dry-run", "--json"]) == 0
     with sessionmaker() as session:
         assert repo.latest_calibration(session=session) is None
+    # Recommendations that do not say which models learnt: no learnt-groups scores.
+    metrics = json.loads(capsys.readouterr().out)["calibration"]["metrics"]
+    assert metrics["held_out"]["n_groups"] == 12
+    assert "held_out_learnt_groups" not in metrics
 
 
 def test_calibrate_refuses_too_little_data(
