@@ -160,6 +160,19 @@ BIRDS_TASKS = ["phase_of_flt", "effect", "sky", "time_of_day", "birds_struck"]
 NOISES = {"low": 0.05, "mid": 0.15, "high": 0.3}
 
 
+def small_beside_large_loader(
+    seed: int,
+) -> Callable[[], tuple[pd.DataFrame, list[str], list[list[str]] | None]]:
+    """Three tasks on three unrelated features at middle noise, 600 rows (generator ``seed``),
+    ``channel`` keeping 10% of its labels: a small task beside two large ones."""
+    return small_task_loader(
+        synth_loader((1, 1, 1), NOISES["mid"], rows=600, classes=4, seed=seed),
+        "channel",
+        keep=0.1,
+        seed=seed,
+    )
+
+
 def default_suite() -> list[Case]:
     # A random encoder needs many epochs to learn the tasks at all; fewer would leave the STL
     # models under-trained, and any MTL model (more steps on the shared encoder) would "win".
@@ -226,13 +239,7 @@ def default_suite() -> list[Case]:
         Case(
             name="synth-minilm-small-t3",
             dataset="synth-minilm-small-t3",
-            # Three tasks on three unrelated features, one of them with 10% of its labels.
-            load=small_task_loader(
-                synth_loader((1, 1, 1), NOISES["mid"], rows=600, classes=4, seed=23),
-                "channel",
-                keep=0.1,
-                seed=23,
-            ),
+            load=small_beside_large_loader(23),
             model="minilm-l6",
             training=minilm_synth,
             notes="a small task (60 labels) beside two large unrelated ones (600)",
@@ -445,12 +452,7 @@ def default_suite() -> list[Case]:
         Case(
             name="synth-minilm-small-t3-s93",
             dataset="synth-minilm-small-t3-s93",
-            load=small_task_loader(
-                synth_loader((1, 1, 1), NOISES["mid"], rows=600, classes=4, seed=93),
-                "channel",
-                keep=0.1,
-                seed=93,
-            ),
+            load=small_beside_large_loader(93),
             model="minilm-l6",
             training=minilm_synth,
             seeds=5,
