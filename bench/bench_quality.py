@@ -470,6 +470,54 @@ def default_suite() -> list[Case]:
             notes="three birds tasks on another 1,000 rows (sample seed 41)",
         )
     )
+    # Added 2026-11-27 (tenth session), before any ran and before the learnt-pairs decision
+    # (bench/results/learnt_pairs_prereg.json, "amended") was read, to give that decision more
+    # unseen groups: three 5,000-row birds cases for the lent GPU, whose single-task models learn
+    # some tasks and not others (where the learnt-pairs rule and the plain min CKA disagree), new
+    # samples of rows; and on the CPU a small task beside two large ones on another generator seed
+    # and three birds tasks on another 1,000 rows with class-balanced losses.
+    for tag, tasks, seed, weights in (
+        ("j", ["phase_of_flt", "time_of_day", "sky"], 43, "none"),
+        ("k", ["effect", "birds_struck", "sky"], 47, "balanced"),
+        ("l", ["phase_of_flt", "birds_struck", "effect"], 53, "none"),
+    ):
+        cases.append(
+            Case(
+                name=f"birds-minilm-5k-{tag}-t3",
+                dataset=f"birds-minilm-5k-{tag}-t3",
+                load=birds_loader(5000, tasks, seed=seed),
+                model="minilm-l6",
+                training=dataclasses.replace(minilm_synth, max_length=64, class_weights=weights),
+                seeds=5,
+                notes=f"5,000 birds rows (sample seed {seed}), class weights {weights}: "
+                "run on a GPU",
+            )
+        )
+    cases.append(
+        Case(
+            name="synth-minilm-small-t3-s95",
+            dataset="synth-minilm-small-t3-s95",
+            load=small_beside_large_loader(95),
+            model="minilm-l6",
+            training=minilm_synth,
+            seeds=5,
+            notes="a small task (60 labels) beside two large unrelated ones (600), seed 95",
+        )
+    )
+    cases.append(
+        Case(
+            name="birds-minilm-d-t3",
+            dataset="birds-minilm-d-t3",
+            load=birds_loader(1000, ["sky", "birds_struck", "effect"], seed=59),
+            model="minilm-l6",
+            training=dataclasses.replace(
+                minilm_synth, max_length=64, lr=3e-4, epochs=3, class_weights="balanced"
+            ),
+            seeds=5,
+            notes="three birds tasks on another 1,000 rows (sample seed 59), birds-minilm-b-t3's "
+            "settings",
+        )
+    )
     return cases
 
 
