@@ -809,14 +809,18 @@ def extend_case(case: Case, target: int) -> dict[str, Any]:
     return result
 
 
-def seed0_job(case: Case, result: dict[str, Any]) -> Any:
-    """The case's job prepared on the CPU, with its seed-0 single-task models trained again (as
-    the runner trained them; deterministic here), for commands that recompute evidence."""
+def seed0_job(case: Case, result: dict[str, Any], device: str = "cpu") -> Any:
+    """The case's job prepared on ``device`` (the CPU unless told), with its seed-0 single-task
+    models trained again (as the runner trained them; deterministic on one machine), for
+    commands that recompute evidence."""
     from models.pipeline import Progress, prepare, run_finetunes
 
     frame, tasks, _ = case.load()
     spec = case_spec(
-        case, frame, tasks, analysis=AnalysisConfig(device="cpu", thresholds=_thresholds(result))
+        case,
+        frame,
+        tasks,
+        analysis=AnalysisConfig(device=device, thresholds=_thresholds(result)),  # type: ignore[arg-type]
     )
     job = prepare(spec)
     tracker = Progress(None, {"finetune": 1.0})
@@ -855,7 +859,7 @@ def reanalyze_case(case: Case) -> dict[str, Any]:
     return result
 
 
-def seed_cka_case(case: Case) -> dict[str, Any]:
+def seed_cka_case(case: Case, device: str = "cpu") -> dict[str, Any]:
     """Each task's representational noise floor: the per-layer CKA between two single-task models
     of the same task that differ only in seed (``training.seed`` and the next one), on the same
     probe texts and with the same estimator as the pair CKAs. Stored as ``seed_cka`` (task ->
@@ -869,7 +873,7 @@ def seed_cka_case(case: Case) -> dict[str, Any]:
     path = OUT / f"{case.name}.json"
     result = json.loads(path.read_text())
     t0 = time.perf_counter()
-    job = seed0_job(case, result)
+    job = seed0_job(case, result, device)
     spec = job.spec
     names = list(job.tokenized)
     other = []
@@ -909,7 +913,7 @@ def seed_cka_case(case: Case) -> dict[str, Any]:
 
 
 def cmd_seedcka(args: argparse.Namespace) -> int:
-    return each_measured_case(args, seed_cka_case)
+    return each_measured_case(args, lambda case: seed_cka_case(case, args.device))
 
 
 def _thresholds(result: dict[str, Any]) -> Any:
@@ -954,7 +958,7 @@ def cmd_extend(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_fast(case: Case, fraction: float) -> dict[str, Any]:
+def run_fast(case: Case, fraction: float, device: str = "cpu") -> dict[str, Any]:
     """Fast mode's evidence for a measured case: the analysis on early-stopped fine-tunes (each
     capped at ``fraction`` of its steps, Standley et al.'s early-stopping approximation), stored
     beside the full evidence so the report can judge it against the same measured groups."""
@@ -965,7 +969,13 @@ def run_fast(case: Case, fraction: float) -> dict[str, Any]:
     result = json.loads(path.read_text())
     frame, tasks, _ = case.load()
     capped = dataclasses.replace(case.training, step_fraction=fraction)
-    spec = case_spec(case, frame, tasks, training=capped)
+    spec = case_spec(
+        case,
+        frame,
+        tasks,
+        training=capped,
+        analysis=AnalysisConfig(device=device),  # type: ignore[arg-type]
+    )
     t0 = time.perf_counter()
     job = prepare(spec)
     tracker = Progress(None, {"finetune": 1.0})
@@ -1031,7 +1041,7 @@ def cmd_fast(args: argparse.Namespace) -> int:
         if "fast" in json.loads(path.read_text()) and not args.again:
             continue
         start = time.perf_counter()
-        run_fast(case, args.fraction)
+        run_fast(case, args.fraction, args.device)
         print(f"{case.name}: fast evidence in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
 
@@ -1080,6 +1090,7 @@ def main(argv: list[str] | None = None) -> int:
     fast.add_argument("--threads", type=int, default=0)
     fast.add_argument("--again", action="store_true", help="recompute existing fast evidence")
     fast.add_argument("--only", default="", help="comma-separated case names (exact)")
+    fast.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ext = sub.add_parser("extend", help="add verification seeds to measured cases (resumable)")
     ext.add_argument("--suite", default="default", choices=sorted(SUITES))
     ext.add_argument("--seeds", type=int, default=5, help="seeds per comparison wanted")
@@ -1093,6 +1104,7 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--suite", default="default", choices=sorted(SUITES))
     sc.add_argument("--threads", type=int, default=0)
     sc.add_argument("--only", default="", help="comma-separated case names (exact), in order")
+    sc.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     base = sub.add_parser("baselines", help="store each task's chance baseline")
     base.add_argument("--suite", default="default", choices=sorted(SUITES))
     base.add_argument("--only", default="", help="comma-separated case names (exact)")
