@@ -700,6 +700,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
         "partial_unseen": partial_rule_on_unseen(cases),
         "seed_floor_unseen": seed_floor_rules_on_unseen(cases),
         "learnt_pairs_unseen": learnt_pairs_rule_on_unseen(cases),
+        "learnt_pairs_decision": learnt_pairs_decision(cases),
         "more_seeds": more_seeds_test(cases),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -736,6 +737,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
         "learnt",
         result["learnt_pairs_unseen"],
     )
+    print_learnt_pairs_decision(result["learnt_pairs_decision"])
     print_more_seeds(result["more_seeds"])
     return 0
 
@@ -860,6 +862,61 @@ def learnt_pairs_rule_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] |
         return None
     rule = json.loads(LEARNT_PAIRS_PREREG.read_text())
     return rule_on_unseen(cases, rule["cases"], learnt_pairs_cka_min, rule["thresholds"])
+
+
+def learnt_pairs_decision(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The decision written down in ``results/learnt_pairs_prereg.json`` ("amended",
+    ``decision_cases``): on the groups of the named cases that are complete and have baselines
+    stored, pooled, the learnt-pairs rule (its written thresholds on
+    :func:`learnt_pairs_cka_min`) against the shipped thresholds in force when each case ran
+    (stored in its recommendation). ``adopt`` when the rule is right on at least as many groups
+    and there are at least ``decision_min_groups`` groups."""
+    if not LEARNT_PAIRS_PREREG.is_file():
+        return None
+    rule = json.loads(LEARNT_PAIRS_PREREG.read_text())
+    named = rule.get("decision_cases")
+    if not named:
+        return None
+    learnt_th = grp.Thresholds(**rule["thresholds"])
+    by_name = {c["case"]: c for c in cases}
+    rows = []
+    for name in named:
+        case = by_name.get(name)
+        if case is None or not case.get("complete") or case.get("stl_baseline") is None:
+            continue
+        shipped = grp.Thresholds(**case["recommendation"]["thresholds"])
+        for o, g in zip(case_observations(case), case["groups"], strict=True):
+            value = learnt_pairs_cka_min(case, list(g["tasks"]))
+            assert value is not None  # baselines are stored
+            rows.append(
+                {
+                    "case": name,
+                    "tasks": list(o.tasks),
+                    "matches": o.matches,
+                    "cka_min": o.cka_min,
+                    "learnt_cka_min": value,
+                    "shipped": threshold_verdict(o, shipped),
+                    "learnt_pairs": threshold_verdict(
+                        dataclasses.replace(o, cka_min=value), learnt_th
+                    ),
+                }
+            )
+    y = [r["matches"] for r in rows]
+    right = {k: sum(r[k] == r["matches"] for r in rows) for k in ("shipped", "learnt_pairs")}
+    need = int(rule.get("decision_min_groups", 12))
+    return {
+        "cases": sorted({r["case"] for r in rows}),
+        "missing": [n for n in named if n not in {r["case"] for r in rows}],
+        "groups": len(rows),
+        "lose": len(rows) - sum(y),
+        "right": right,
+        "balanced_accuracy": {
+            k: balanced_accuracy(y, [r[k] for r in rows]) if rows else None for k in right
+        },
+        "min_groups": need,
+        "adopt": len(rows) >= need and right["learnt_pairs"] >= right["shipped"],
+        "rows": rows,
+    }
 
 
 def seed_floor_rules_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -1020,6 +1077,29 @@ def print_rule_on_unseen(
             f"{r['case']:<32} {'+'.join(r['tasks']):<44} "
             f"{'matches' if r['matches'] else 'loses':>9} "
             f"{'match' if r['verdict'] else 'lose':>8} {r['value']:>8.2f}"
+        )
+
+
+def print_learnt_pairs_decision(part: dict[str, Any] | None) -> None:
+    if not part:
+        return
+    print("\n== the learnt-pairs decision (results/learnt_pairs_prereg.json, decision_cases)")
+    if part["missing"]:
+        print(f"not complete (not counted): {', '.join(part['missing'])}")
+    r, ba = part["right"], part["balanced_accuracy"]
+    print(
+        f"{part['groups']} groups ({part['lose']} lose) on {len(part['cases'])} cases: "
+        f"learnt-pairs rule right on {r['learnt_pairs']} ({fmt(ba['learnt_pairs'])}), shipped "
+        f"thresholds on {r['shipped']} ({fmt(ba['shipped'])}); at least {part['min_groups']} "
+        f"groups needed: {'ADOPT' if part['adopt'] else 'do not adopt'}"
+    )
+    print(f"{'case':<28} {'group':<40} {'measured':>9} {'shipped':>8} {'learnt':>7} {'cka':>5}")
+    for row in part["rows"]:
+        print(
+            f"{row['case']:<28} {'+'.join(row['tasks']):<40} "
+            f"{'matches' if row['matches'] else 'loses':>9} "
+            f"{'match' if row['shipped'] else 'lose':>8} "
+            f"{'match' if row['learnt_pairs'] else 'lose':>7} {row['learnt_cka_min']:>5.2f}"
         )
 
 

@@ -538,6 +538,43 @@ def test_the_written_down_learnt_pairs_rule_judges_only_unseen_cases(
     assert qr.learnt_pairs_rule_on_unseen([seen, new]) is None
 
 
+def test_the_learnt_pairs_decision_counts_the_named_complete_cases_against_their_own_thresholds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    named, other, unfinished = (_case(d, 0.9, 0.2, 0.3) for d in ("d1", "d2", "d3"))
+    for c in (named, other, unfinished):
+        c["stl_baseline"] = {t: 0.4 for t in TASKS}
+        c["stl"]["c"] = [0.41, 0.9]  # c's seed-0 model did not learn
+        c["recommendation"]["thresholds"] = {"tau_rep": 0.5, "tau_grad": -1.0, "rho": 1.0}
+    unfinished["complete"] = False
+    rule = {
+        "cases": [],
+        "thresholds": {"tau_rep": 0.5, "tau_grad": -1.0, "rho": 1.0},
+        "decision_cases": ["d1", "d3", "d4"],
+        "decision_min_groups": 4,
+    }
+    path = tmp_path / "rule.json"
+    path.write_text(json.dumps(rule))
+    monkeypatch.setattr(qr, "LEARNT_PAIRS_PREREG", path)
+    out = qr.learnt_pairs_decision([named, other, unfinished])
+    assert out is not None and out["cases"] == ["d1"] and out["missing"] == ["d3", "d4"]
+    # Measured as the plain CKA says: the shipped thresholds get all four groups right; the rule
+    # waives c's pairs and calls a+c, b+c and a+b+c "match", which lose.
+    assert out["groups"] == 4 and out["lose"] == 3
+    assert out["right"] == {"shipped": 4, "learnt_pairs": 1} and not out["adopt"]
+    for g in named["groups"]:
+        g["matches"] = True  # a task that learnt nothing has nothing to lose
+    out = qr.learnt_pairs_decision([named])
+    assert out is not None and out["right"] == {"shipped": 1, "learnt_pairs": 4} and out["adopt"]
+    rule["decision_min_groups"] = 5
+    path.write_text(json.dumps(rule))
+    out = qr.learnt_pairs_decision([named])
+    assert out is not None and not out["adopt"]  # too few groups to decide
+    named["recommendation"]["thresholds"]["tau_rep"] = 0.1  # the thresholds the case ran with
+    out = qr.learnt_pairs_decision([named])
+    assert out is not None and out["right"]["shipped"] == 4
+
+
 def test_learnt_pairs_comparison_matches_the_plain_cka_when_every_task_learnt() -> None:
     cases = _cases()
     assert qr.learnt_pairs_comparison(cases) is None  # no baselines stored
