@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--tau-rep", type=float, default=None)
     an.add_argument("--tau-grad", type=float, default=None)
     an.add_argument("--rho", type=float, default=None)
+    an.add_argument(
+        "--waive-unlearnt-cka",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="judge a pair without its CKA when one of its tasks' single-task models learnt "
+        "little (default: the setting waive_unlearnt_cka)",
+    )
     an.add_argument("--align-steps", type=int, default=None)
     an.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     an.add_argument("--out", required=True, type=Path, help="where to write the JSON")
@@ -280,6 +287,8 @@ def _job_from_args(args: argparse.Namespace) -> Any:
         overrides["device"] = args.device
     if args.verify_seeds:
         overrides["verify_seeds"] = args.verify_seeds
+    if args.waive_unlearnt_cka is not None:
+        overrides["waive_unlearnt_cka"] = args.waive_unlearnt_cka
     return JobSpec(
         datasets=datasets,
         tasks=tasks,

@@ -119,6 +119,8 @@ def _pair_value(pair: PairReport, metric: Metric) -> float:
 def _pair_title(pair: PairReport, metric: Metric, a: str, b: str) -> str:
     if metric == "cka":
         detail = f"min-layer CKA {pair.cka_min:.3f} (layer {pair.cka_min_layer})"
+        if pair.cka_waived:
+            detail += ", not read: a task's single-task model learnt little"
     else:
         detail = f"gradient cosine {pair.grad_cosine:+.3f}, conflict rate {pair.conflict_rate:.2f}"
     verdict = "passes" if pair.passes else "fails: " + "; ".join(pair.failures)
@@ -309,6 +311,12 @@ def cka_curve_svg(pair: PairReport, tau_rep: float | None) -> str:
         out.append(
             f'<text x="{px(k) + shift:.1f}" y="{py(values[k]) - 8:.1f}" text-anchor="{anchor}" '
             f'fill="#b2182b">min {values[k]:.2f} @ layer {k}</text>'
+        )
+    if pair.cka_waived:
+        out.append(
+            f'<text class="waived" x="{width - right:.0f}" y="14" text-anchor="end" '
+            f'fill="#555555">not read<title>CKA not read: a task of this pair learnt little '
+            f"(waive_unlearnt_cka)</title></text>"
         )
     out.append("</svg>")
     return "".join(out)

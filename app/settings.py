@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         default=Thresholds.tau_grad, description="Whole-encoder gradient cosine a pair needs."
     )
     rho: float = Field(default=Thresholds.rho, description="Highest conflict rate a pair may have.")
+    waive_unlearnt_cka: bool = Field(
+        default=AnalysisConfig.waive_unlearnt_cka,
+        description="Judge a pair without its CKA when one of its tasks' single-task models "
+        "learnt little (stl.learnt false): the pair is then judged on its gradients alone.",
+    )
     exhaustive_limit: int = Field(default=10, ge=1, le=10)
     # Limits of the service, each enforced by the API.
     max_upload_bytes: int = Field(default=50 * 2**20, ge=1, description="Largest upload.")
@@ -186,6 +191,7 @@ class Settings(BaseSettings):
     def analysis_config(self, **overrides: Any) -> AnalysisConfig:
         base: dict[str, Any] = {
             "thresholds": self.thresholds(),
+            "waive_unlearnt_cka": self.waive_unlearnt_cka,
             "device": self.device,
             "min_class_count": self.min_class_count,
             "val_fraction": self.val_fraction,

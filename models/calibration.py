@@ -78,7 +78,9 @@ class Observation:
 
 def group_features(tasks: Sequence[str], pairs: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     """The features of :data:`FEATURES` for ``tasks`` from pair reports (``tasks``, ``cka_min``,
-    ``cka_mean`` or ``cka_per_layer``, ``grad_cosine``, ``conflict_rate``)."""
+    ``cka_mean`` or ``cka_per_layer``, ``grad_cosine``, ``conflict_rate``; ``cka_waived``). The
+    ``cka_min`` feature reads the CKA the verdict reads: 1.0 for a pair whose CKA is waived (a
+    task of it learnt little; ``grouping.PairEvidence.cka_waived``)."""
     wanted = set(tasks)
     inside = [p for p in pairs if set(p["tasks"]) <= wanted]
     expected = len(wanted) * (len(wanted) - 1) // 2
@@ -93,7 +95,7 @@ def group_features(tasks: Sequence[str], pairs: Iterable[Mapping[str, Any]]) -> 
         return float(np.mean(p["cka_per_layer"]))
 
     return {
-        "cka_min": min(float(p["cka_min"]) for p in inside),
+        "cka_min": min(1.0 if p.get("cka_waived") else float(p["cka_min"]) for p in inside),
         "cka_mean": float(np.mean([mean_cka(p) for p in inside])),
         "grad_cosine": min(float(p["grad_cosine"]) for p in inside),
         "conflict_rate": max(float(p["conflict_rate"]) for p in inside),

@@ -13,10 +13,14 @@ group, the weakest value of each condition.
 
 Two derived numbers rank pairs and groupings:
 
-* pair *affinity* = 0.5 * cka_min + 0.5 * grad_cosine (both on a cosine-like scale); it only
+* pair *affinity* = 0.5 * cka + 0.5 * grad_cosine (both on a cosine-like scale); it only
   breaks ties between groupings with the same number of groups;
-* pair *shortfall* = (tau_rep - cka_min)^+ + (tau_grad - grad_cosine)^+ + (conflict_rate - rho)^+,
+* pair *shortfall* = (tau_rep - cka)^+ + (tau_grad - grad_cosine)^+ + (conflict_rate - rho)^+,
   the total amount by which the pair misses its thresholds (0 when it passes).
+
+Here ``cka`` is the pair's min-over-layers CKA, or 1.0 where the pair's CKA is waived (a task of
+it whose single-task model learnt little, ``PairEvidence.cka_waived``): such a pair is judged on
+its gradients alone.
 
 Ordering of groupings (lower key is better)
 -------------------------------------------
@@ -122,6 +126,11 @@ class PairEvidence:
     cka_min_layer: int  # layer where the min occurs (0 = embeddings)
     grad_cosine: float  # whole-encoder mean gradient cosine
     conflict_rate: float  # share of samples with cosine < 0, in [0, 1]
+    # True when the CKA condition is not read for this pair: one of its tasks' single-task models
+    # learnt little (``stl.learnt`` false) and the job waives such pairs
+    # (``AnalysisConfig.waive_unlearnt_cka``). A model that learnt nothing has no accuracy to lose,
+    # and its CKA compares a model that does not solve the task. The gradient conditions still hold.
+    cka_waived: bool = False
 
     def __post_init__(self) -> None:
         if self.a == self.b:
@@ -137,13 +146,18 @@ class PairEvidence:
             raise ValueError(f"tasks {self.a}, {self.b}: layer {self.cka_min_layer} is negative")
 
     @property
+    def cka_judged(self) -> float:
+        """The CKA the verdict reads: ``cka_min``, or 1.0 (CKA's maximum) when waived."""
+        return 1.0 if self.cka_waived else self.cka_min
+
+    @property
     def affinity(self) -> float:
-        """Pair affinity used for tie-breaks: 0.5 * cka_min + 0.5 * grad_cosine.
+        """Pair affinity used for tie-breaks: 0.5 * cka_judged + 0.5 * grad_cosine.
 
         Both terms are on a cosine-like scale (CKA in [0, 1], cosine in [-1, 1]); the conflict rate
         is left out because it is a threshold condition, not a measure of closeness.
         """
-        return 0.5 * self.cka_min + 0.5 * self.grad_cosine
+        return 0.5 * self.cka_judged + 0.5 * self.grad_cosine
 
     @classmethod
     def from_report(cls, report: Mapping[str, Any]) -> PairEvidence:
@@ -155,12 +169,13 @@ class PairEvidence:
             cka_min_layer=report["cka_min_layer"],
             grad_cosine=report["grad_cosine"],
             conflict_rate=report["conflict_rate"],
+            cka_waived=bool(report.get("cka_waived", False)),
         )
 
     def passes(self, th: Thresholds) -> bool:
-        """Whether the pair meets all three thresholds."""
+        """Whether the pair meets all three thresholds (the CKA one always, when waived)."""
         return (
-            self.cka_min >= th.tau_rep
+            self.cka_judged >= th.tau_rep
             and self.grad_cosine >= th.tau_grad
             and self.conflict_rate <= th.rho
         )
@@ -182,7 +197,7 @@ def _fmt_vs(value: float, threshold: float) -> tuple[str, str]:
 def _pair_misses(ev: PairEvidence, th: Thresholds) -> list[tuple[float, str]]:
     """(amount missed, sentence) for each failing condition, in condition order."""
     misses: list[tuple[float, str]] = []
-    if ev.cka_min < th.tau_rep:
+    if ev.cka_judged < th.tau_rep:
         v, t = _fmt_vs(ev.cka_min, th.tau_rep)
         misses.append(
             (
@@ -209,9 +224,9 @@ def pair_failures(ev: PairEvidence, th: Thresholds) -> list[str]:
 
 def pair_shortfall(ev: PairEvidence, th: Thresholds) -> float:
     """Total amount by which the pair misses its thresholds, 0 when it passes:
-    ``(tau_rep - cka_min)^+ + (tau_grad - grad_cosine)^+ + (conflict_rate - rho)^+``."""
+    ``(tau_rep - cka_judged)^+ + (tau_grad - grad_cosine)^+ + (conflict_rate - rho)^+``."""
     return (
-        max(0.0, th.tau_rep - ev.cka_min)
+        max(0.0, th.tau_rep - ev.cka_judged)
         + max(0.0, th.tau_grad - ev.grad_cosine)
         + max(0.0, ev.conflict_rate - th.rho)
     )
@@ -219,8 +234,9 @@ def pair_shortfall(ev: PairEvidence, th: Thresholds) -> float:
 
 def pair_margin(ev: PairEvidence, th: Thresholds) -> float:
     """Smallest pass margin of the pair, in the metrics' own units:
-    ``min(cka_min - tau_rep, grad_cosine - tau_grad, rho - conflict_rate)``; >= 0 iff it passes."""
-    return min(ev.cka_min - th.tau_rep, ev.grad_cosine - th.tau_grad, th.rho - ev.conflict_rate)
+    ``min(cka_judged - tau_rep, grad_cosine - tau_grad, rho - conflict_rate)``; >= 0 iff it
+    passes."""
+    return min(ev.cka_judged - th.tau_rep, ev.grad_cosine - th.tau_grad, th.rho - ev.conflict_rate)
 
 
 class PairTable:
@@ -346,20 +362,38 @@ def judge_group(tasks: Sequence[str], table: PairTable, th: Thresholds) -> Group
 
 
 def _passing_sentence(pairs: list[PairEvidence], th: Thresholds) -> str:
-    cka = min(pairs, key=lambda ev: ev.cka_min)
+    read = [ev for ev in pairs if not ev.cka_waived]
+    waived = len(pairs) - len(read)
     grad = min(pairs, key=lambda ev: ev.grad_cosine)
     conflict = max(pairs, key=lambda ev: ev.conflict_rate)
-    c_v, c_t = _fmt_vs(cka.cka_min, th.tau_rep)
     g_v, g_t = _fmt_vs(grad.grad_cosine, th.tau_grad)
     r_v, r_t = _fmt_vs(conflict.conflict_rate, th.rho)
+    if read:
+        cka = min(read, key=lambda ev: ev.cka_min)
+        c_v, c_t = _fmt_vs(cka.cka_min, th.tau_rep)
     if len(pairs) == 1:
-        return (
-            f"the pair passes: min-layer CKA {c_v} (layer {cka.cka_min_layer}) >= {c_t}; "
-            f"gradient cosine {g_v} >= {g_t}; conflict rate {r_v} <= {r_t}"
+        cka_part = (
+            f"min-layer CKA {c_v} (layer {cka.cka_min_layer}) >= {c_t}"
+            if read
+            else "CKA not read (a task's single-task model learnt little)"
         )
+        return (
+            f"the pair passes: {cka_part}; gradient cosine {g_v} >= {g_t}; "
+            f"conflict rate {r_v} <= {r_t}"
+        )
+    if not read:
+        cka_part = "CKA not read (every pair has a task whose single-task model learnt little)"
+    else:
+        cka_part = (
+            f"lowest min-layer CKA {c_v} ({cka.a}, {cka.b} at layer {cka.cka_min_layer}) >= {c_t}"
+        )
+        if waived:
+            cka_part += (
+                f" (not read on {waived} pair{'s' if waived > 1 else ''} with a task whose "
+                "single-task model learnt little)"
+            )
     return (
-        f"all {len(pairs)} pairs pass: "
-        f"lowest min-layer CKA {c_v} ({cka.a}, {cka.b} at layer {cka.cka_min_layer}) >= {c_t}; "
+        f"all {len(pairs)} pairs pass: {cka_part}; "
         f"lowest gradient cosine {g_v} ({grad.a}, {grad.b}) >= {g_t}; "
         f"highest conflict rate {r_v} ({conflict.a}, {conflict.b}) <= {r_t}"
     )

@@ -86,6 +86,9 @@ class AnalysisConfig:
     # and shipped as models/calibration.json (None: no p_match).
     calibration: Calibration | None = field(default_factory=load_default)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Stage 4: a pair with a task whose single-task model learnt little (stl.learnt false) is
+    # judged without its CKA (PairEvidence.cka_waived; README "How good is the verdict?").
+    waive_unlearnt_cka: bool = False
     min_class_count: int = 5
     val_fraction: float = 0.2
     max_groups: int | None = None

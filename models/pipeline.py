@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,7 +229,8 @@ def analyze(
 
     t = time.perf_counter()
     tracker.start("grouping")
-    pairs = pair_reports(job, similarity, alignment)
+    tasks = task_reports(job, similarity)
+    pairs = pair_reports(job, similarity, alignment, {t["name"]: t["stl"]["learnt"] for t in tasks})
     decision = decide(job, pairs)
     timings["grouping"] = time.perf_counter() - t
 
@@ -248,7 +249,6 @@ def analyze(
         verification = run_verification(job, decision["groups"], tracker, should_cancel)
         timings["verification"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    tasks = task_reports(job, similarity)
     decision["verdict"]["notes"] = [*decision["verdict"]["notes"], *learning_notes(job, tasks)]
     rec = {
         "settings": settings_report(job, alignment),
@@ -321,9 +321,18 @@ def analyze_similarity(job: PreparedJob) -> Similarity:
     return Similarity(cka=cka.numpy(), to_pretrained=cross_cka(reps, base).numpy())
 
 
-def pair_reports(job: PreparedJob, sim: Similarity, align: AlignmentResult) -> list[dict[str, Any]]:
+def pair_reports(
+    job: PreparedJob,
+    sim: Similarity,
+    align: AlignmentResult,
+    learnt: Mapping[str, bool] | None = None,
+) -> list[dict[str, Any]]:
+    """Each pair's evidence and whether it passes. With ``analysis.waive_unlearnt_cka``, a pair
+    with a task that ``learnt`` marks false is judged without its CKA (``cka_waived``)."""
     names = list(job.tokenized)
     th = job.spec.analysis.thresholds
+    waive = job.spec.analysis.waive_unlearnt_cka
+    unlearnt = {n for n, ok in (learnt or {}).items() if not ok} if waive else set()
     out = []
     for i, j in itertools.combinations(range(len(names)), 2):
         curve = sim.cka[:, i, j]
@@ -335,6 +344,7 @@ def pair_reports(job: PreparedJob, sim: Similarity, align: AlignmentResult) -> l
             cka_min_layer=low,
             grad_cosine=float(align.cos_whole[i, j]),
             conflict_rate=float(align.conflict_rate[i, j]),
+            cka_waived=names[i] in unlearnt or names[j] in unlearnt,
         )
         failures = grp.pair_failures(ev, th)
         out.append(
@@ -347,6 +357,7 @@ def pair_reports(job: PreparedJob, sim: Similarity, align: AlignmentResult) -> l
                 "grad_cosine": ev.grad_cosine,
                 "grad_cosine_per_layer": [float(c) for c in align.cos_per_layer[i, j]],
                 "conflict_rate": ev.conflict_rate,
+                "cka_waived": ev.cka_waived,
                 "tag_affinity": (float(align.tag[i, j]), float(align.tag[j, i])),
                 "affinity": ev.affinity,
                 "passes": not failures,
@@ -506,6 +517,7 @@ def settings_report(job: PreparedJob, align: AlignmentResult) -> dict[str, Any]:
             "tau_grad": a.thresholds.tau_grad,
             "rho": a.thresholds.rho,
         },
+        "waive_unlearnt_cka": a.waive_unlearnt_cka,
         "calibration": None
         if a.calibration is None
         else {

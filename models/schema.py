@@ -71,8 +71,17 @@ class PairReport(_Model):
     grad_cosine: float = Field(description="Mean whole-encoder gradient cosine.")
     grad_cosine_per_layer: list[float]
     conflict_rate: float = Field(description="Share of samples with whole-encoder cosine < 0.")
+    cka_waived: bool = Field(
+        default=False,
+        description="True when the verdict does not read this pair's CKA: one of its tasks' "
+        "single-task models learnt little (stl.learnt false) and the job waives such pairs "
+        "(setting waive_unlearnt_cka). The pair is then judged on its gradients alone; affinity "
+        "and p_match read its CKA as 1.0.",
+    )
     tag_affinity: tuple[float, float] = Field(description="TAG lookahead affinity [a->b, b->a].")
-    affinity: float = Field(description="0.5 * cka_min + 0.5 * grad_cosine, used for tie-breaks.")
+    affinity: float = Field(
+        description="0.5 * cka_min (1.0 when cka_waived) + 0.5 * grad_cosine, used for tie-breaks."
+    )
     passes: bool
     failures: list[str]
 

@@ -74,6 +74,21 @@ def test_group_features_take_the_weakest_pair() -> None:
     assert f["cka_mean"] == pytest.approx(np.mean([0.9, 0.75, 0.8]))
 
 
+def test_group_features_read_a_waived_pair_as_the_verdict_does() -> None:
+    """p_match reads the CKA the verdict reads: 1.0 on a pair whose CKA is waived; the mean CKA
+    and the gradient features are the measured ones."""
+    pairs = [
+        _pair("a", "b", 0.8, 0.2, 0.1),
+        {**_pair("a", "c", 0.1, 0.3, 0.4), "cka_waived": True},
+        {**_pair("b", "c", 0.2, -0.1, 0.2), "cka_waived": True},
+    ]
+    f = group_features(["a", "b", "c"], pairs)
+    assert f["cka_min"] == 0.8 and f["grad_cosine"] == -0.1 and f["conflict_rate"] == 0.4
+    assert group_features(["a", "c"], pairs)["cka_min"] == 1.0
+    plain = group_features(["a", "b", "c"], [{**p, "cka_waived": False} for p in pairs])
+    assert plain["cka_min"] == 0.1 and plain["cka_mean"] == f["cka_mean"]
+
+
 def test_group_features_need_every_pair() -> None:
     with pytest.raises(CalibrationError, match="needs evidence for all 3 pairs, got 2"):
         group_features(["a", "b", "c"], [_pair("a", "b", 0.8, 0.2), _pair("a", "c", 0.5, 0.3)])

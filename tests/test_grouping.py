@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import subprocess
@@ -27,6 +28,7 @@ from models.grouping import (
     normalize_candidate,
     overall_verdict,
     pair_failures,
+    pair_margin,
     pair_shortfall,
     recommend_grouping,
     score_candidates,
@@ -87,6 +89,91 @@ def test_pair_failures_name_the_limiting_numbers() -> None:
 def test_evidence_shows_more_decimals_when_two_would_hide_the_miss() -> None:
     ev = PairEvidence("A", "B", 0.599, 4, 0.5, 0.0)
     assert pair_failures(ev, TH) == ["tasks A, B: layer 4 CKA 0.599 < 0.600"]
+
+
+def test_a_waived_pair_is_judged_on_its_gradients_alone() -> None:
+    low = PairEvidence("A", "B", 0.41, 6, 0.2, 0.1, cka_waived=True)
+    assert low.passes(TH) and pair_failures(low, TH) == []
+    assert pair_shortfall(low, TH) == 0.0
+    assert pair_margin(low, TH) == pytest.approx(0.1)  # the gradient cosine's 0.2 - 0.1
+    assert low.cka_judged == 1.0 and low.affinity == pytest.approx(0.6)
+    bad = PairEvidence("A", "B", 0.41, 6, -0.05, 0.45, cka_waived=True)
+    assert pair_failures(bad, TH) == [
+        "tasks A, B: gradient cosine -0.05 < 0.10",
+        "tasks A, B: conflict rate 0.45 > 0.30",
+    ]
+    report = {
+        "tasks": ["A", "B"],
+        "cka_min": 0.41,
+        "cka_min_layer": 6,
+        "grad_cosine": 0.2,
+        "conflict_rate": 0.1,
+    }
+    assert not PairEvidence.from_report(report).cka_waived  # reports made before the waiver
+    assert PairEvidence.from_report({**report, "cka_waived": True}) == low
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.floats(0.0, 1.0),
+    st.integers(0, 12),
+    st.floats(-1.0, 1.0),
+    st.floats(0.0, 1.0),
+    st.floats(0.0, 1.0),
+    st.floats(-1.0, 1.0),
+    st.floats(0.0, 1.0),
+)
+def test_waiving_a_pair_is_reading_its_cka_as_one(
+    cka: float, layer: int, cos: float, rate: float, tau_rep: float, tau_grad: float, rho: float
+) -> None:
+    th = Thresholds(tau_rep, tau_grad, rho)
+    waived = PairEvidence("A", "B", cka, layer, cos, rate, cka_waived=True)
+    as_one = PairEvidence("A", "B", 1.0, layer, cos, rate)
+    assert waived.passes(th) == as_one.passes(th)
+    assert pair_shortfall(waived, th) == pair_shortfall(as_one, th)
+    assert pair_margin(waived, th) == pair_margin(as_one, th)
+    assert waived.affinity == as_one.affinity
+    assert pair_failures(waived, th) == pair_failures(as_one, th)
+    # Waiving never makes a pair worse.
+    plain = PairEvidence("A", "B", cka, layer, cos, rate)
+    assert pair_shortfall(waived, th) <= pair_shortfall(plain, th)
+    assert waived.passes(th) or not plain.passes(th)
+
+
+def test_a_group_verdict_says_which_pairs_it_did_not_read_the_cka_of() -> None:
+    metrics = {
+        frozenset("AB"): (0.71, 5, 0.40, 0.05),
+        frozenset("AC"): (0.20, 2, 0.23, 0.02),
+        frozenset("BC"): (0.10, 1, 0.50, 0.10),
+    }
+    waived = {frozenset("AC"), frozenset("BC")}  # C's single-task model learnt little
+    pairs = [
+        PairEvidence(a, b, *metrics[frozenset((a, b))], cka_waived=frozenset((a, b)) in waived)
+        for a, b in (("A", "B"), ("A", "C"), ("B", "C"))
+    ]
+    table = PairTable.from_pairs(["A", "B", "C"], pairs)
+    verdict = judge_group(["A", "B", "C"], table, TH)
+    assert verdict.matches
+    assert verdict.evidence == [
+        "all 3 pairs pass: lowest min-layer CKA 0.71 (A, B at layer 5) >= 0.60 (not read on 2 "
+        "pairs with a task whose single-task model learnt little); "
+        "lowest gradient cosine 0.23 (A, C) >= 0.10; highest conflict rate 0.10 (B, C) <= 0.30"
+    ]
+    (alone,) = judge_group(["A", "C"], table, TH).evidence
+    assert alone.startswith("the pair passes: CKA not read (a task's single-task model learnt")
+    every = PairTable.from_pairs(
+        ["A", "B", "C"], [dataclasses.replace(p, cka_waived=True) for p in pairs]
+    )
+    (sentence,) = judge_group(["A", "B", "C"], every, TH).evidence
+    assert sentence.startswith("all 3 pairs pass: CKA not read (every pair has a task whose")
+    # Without the waiver the same evidence fails on both pairs with C, worst first.
+    plain = PairTable.from_pairs(
+        ["A", "B", "C"], [dataclasses.replace(p, cka_waived=False) for p in pairs]
+    )
+    assert judge_group(["A", "B", "C"], plain, TH).evidence == [
+        "tasks B, C: layer 1 CKA 0.10 < 0.60",
+        "tasks A, C: layer 2 CKA 0.20 < 0.60",
+    ]
 
 
 def test_invalid_evidence_and_thresholds_are_rejected() -> None:

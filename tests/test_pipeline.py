@@ -168,6 +168,42 @@ def _with_noise_task(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+@pytest.mark.parametrize("waive", [False, True])
+def test_a_pair_with_a_task_that_learnt_nothing_is_judged_without_its_cka(
+    tiny_bert: Path, waive: bool
+) -> None:
+    frame, _ = generate(SynthSpec(rows=200, features=(2,), seed=3))
+    # CKA at most 1.0: only a waived pair (read as 1.0) passes; two tasks' models differ.
+    strict = Thresholds(tau_rep=1.0, tau_grad=-1.0, rho=1.0)
+    spec = JobSpec(
+        datasets=[DatasetSpec("tickets", _with_noise_task(frame), "text")],
+        tasks=[TaskSpec(n, "tickets", n) for n in ("product", "product_flag", "noise")],
+        model_name="tiny",
+        model_dir=tiny_bert,
+        training=dataclasses.replace(FAST, epochs=5, lr=3e-3),  # enough for the two real tasks
+        analysis=dataclasses.replace(ANALYSIS, thresholds=strict, waive_unlearnt_cka=waive),
+    )
+    rec = run_job(spec)
+    assert rec["settings"]["waive_unlearnt_cka"] is waive
+    learnt = {t["name"]: t["stl"]["learnt"] for t in rec["tasks"]}
+    assert learnt == {"product": True, "product_flag": True, "noise": False}
+    for p in rec["pairs"]:
+        a, b = p["tasks"]
+        assert p["cka_waived"] is (waive and not (learnt[a] and learnt[b]))
+        assert p["passes"] is p["cka_waived"]  # the gradient conditions are loose here
+        assert p["affinity"] == pytest.approx(
+            0.5 * (1.0 if p["cka_waived"] else p["cka_min"]) + 0.5 * p["grad_cosine"]
+        )
+    groups = {tuple(g["tasks"]): g for g in rec["groups"]}
+    # The pair of the two tasks that learnt is read, and fails, whether or not the others are
+    # waived; without the waiver the pairs with noise fail too.
+    everything = groups[("product", "product_flag", "noise")]
+    assert not everything["mtl_matches_stl"]
+    assert len(everything["evidence"]) == (1 if waive else 3)
+    assert all("CKA" in e for e in everything["evidence"])
+    assert any(e.startswith("tasks product, product_flag:") for e in everything["evidence"])
+
+
 @pytest.mark.parametrize("weights", ["none", "balanced"])
 def test_each_task_is_judged_against_its_chance_baseline(tiny_bert: Path, weights: str) -> None:
     frame, _ = generate(SynthSpec(rows=200, features=(2,), seed=3))

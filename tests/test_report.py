@@ -121,6 +121,20 @@ def test_curves_mark_the_limiting_layer_and_the_page_lists_every_task(
     assert "<script" not in html  # the report runs no script, and names cannot add one
 
 
+def test_a_pair_whose_cka_is_waived_says_so_on_its_curve_and_cell() -> None:
+    rec = build(["a", "b", "c"], [["a", "b", "c"]], [0.3])
+    plain = rec.pairs[0]
+    waived = plain.model_copy(update={"cka_waived": True})
+    assert "not read" not in cka_curve_svg(plain, 0.2)
+    root = parse(cka_curve_svg(waived, 0.2).replace("<svg ", f'<svg xmlns="{SVG[1:-1]}" ', 1))
+    (mark,) = [t for t in root.iter(f"{SVG}text") if t.get("class") == "waived"]
+    assert "learnt little" in "".join(mark.itertext())
+    rec.pairs[0] = waived
+    cells = parse(heatmap_svg(rec, "cka").replace("<svg ", f'<svg xmlns="{SVG[1:-1]}" ', 1))
+    titles = ["".join(t.itertext()) for t in cells.iter(f"{SVG}title")]
+    assert sum("not read: a task's single-task model learnt little" in t for t in titles) == 1
+
+
 def _escaped(text: str) -> str:
     from html import escape
 
