@@ -160,6 +160,38 @@ def learnt_tasks(case: dict[str, Any]) -> set[str] | None:
     return {n for n, f1s in case["stl"].items() if np.mean(f1s) >= base[n] + LEARN_MARGIN}
 
 
+ENGINE_WAIVES = AnalysisConfig.waive_unlearnt_cka
+"""Whether the engine's default verdict waives the CKA of pairs with a task that learnt little
+(``AnalysisConfig.waive_unlearnt_cka``); the report then judges its shipped fit the same way."""
+
+
+def engine_view(case: dict[str, Any], waive: bool = ENGINE_WAIVES) -> dict[str, Any]:
+    """``case`` as the engine's default verdict reads it: with ``waive``, every pair with a task
+    whose seed-0 single-task model did not learn (macro-F1 below its chance baseline +
+    ``LEARN_MARGIN``, the service's ``stl.learnt``) marked ``cka_waived``, in the full evidence
+    and in fast mode's (by fast mode's own models). A copy; ``case`` unchanged. Unchanged when
+    ``waive`` is off or the case has no baselines."""
+    base = case.get("stl_baseline")
+    if not waive or base is None:
+        return case
+
+    def mark(pairs: list[dict[str, Any]], seed0: dict[str, float]) -> list[dict[str, Any]]:
+        unlearnt = {t for t in case["tasks"] if seed0[t] < base[t] + LEARN_MARGIN}
+        return [{**p, "cka_waived": bool(set(p["tasks"]) & unlearnt)} for p in pairs]
+
+    rec = case["recommendation"]
+    out = {
+        **case,
+        "recommendation": {
+            **rec,
+            "pairs": mark(rec["pairs"], {t: f1s[0] for t, f1s in case["stl"].items()}),
+        },
+    }
+    if case.get("fast"):
+        out["fast"] = {**case["fast"], "pairs": mark(case["fast"]["pairs"], case["fast"]["stl"])}
+    return out
+
+
 def table_of(case: dict[str, Any]) -> grp.PairTable:
     pairs = case["recommendation"]["pairs"]
     return grp.PairTable.from_pairs(case["tasks"], map(grp.PairEvidence.from_report, pairs))
@@ -397,8 +429,11 @@ def family(case: dict[str, Any]) -> str:
 
 
 def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
-    """Held-out scores, thresholds fitted on all, per-case rows and fast mode, for ``cases``."""
-    obs = [o for case in cases for o in case_observations(case)]
+    """Held-out scores, thresholds fitted on all, per-case rows and fast mode, for ``cases``, read
+    as the engine's default verdict reads them (:func:`engine_view`); the comparisons of other
+    features (seed floor, partial CKA, learnt pairs) read the raw evidence."""
+    judged = [engine_view(c) for c in cases]
+    obs = [o for case in judged for o in case_observations(case)]
     out: dict[str, Any] = {"label": label, "cases": [c["case"] for c in cases]}
     try:
         held = leave_one_dataset_out(obs)
@@ -436,10 +471,10 @@ def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
             "fitted_thresholds_balanced_accuracy_in_sample": fit_all.balanced_accuracy,
             "fitted_thresholds_ties": fit_all.n_tied,
             "current_default_balanced_accuracy": balanced_accuracy(y, default_verdicts.tolist()),
-            "rows": judge_cases(cases, folds),
-            "one_se_rule": alternative_rule(cases, obs, "one_se"),
+            "rows": judge_cases(judged, folds),
+            "one_se_rule": alternative_rule(judged, obs, "one_se"),
             "seed_floor": seed_floor_comparison(cases),
-            "fast_mode": evaluate_fast(cases),
+            "fast_mode": evaluate_fast(judged),
             "retest": retest_ceiling(cases),
             "partial_cka": partial_cka_comparison(cases),
             "learnt_pairs": learnt_pairs_comparison(cases),
@@ -755,7 +790,7 @@ def shipped_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any]:
     for case in cases:
         if family(case) != SHIPPED_FAMILY or case["dataset"] in seen:
             continue
-        for o in case_observations(case):
+        for o in case_observations(engine_view(case)):
             values = {
                 "cka_min": o.cka_min,
                 "cka_mean": o.cka_mean,

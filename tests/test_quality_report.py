@@ -521,6 +521,28 @@ def test_learnt_pairs_cka_skips_pairs_with_a_task_that_did_not_learn() -> None:
     assert case["recommendation"]["pairs"][1]["cka_min"] == 0.2  # the case itself is unchanged
 
 
+def test_the_engine_view_waives_the_pairs_of_a_task_that_did_not_learn() -> None:
+    case = _case("d1", 0.9, 0.2, 0.3)
+    assert qr.engine_view(case, waive=True) is case  # no baselines: nothing to read
+    case["stl_baseline"] = {t: 0.4 for t in TASKS}
+    case["stl"]["c"] = [0.41, 0.9]  # seed 0 did not learn c
+    case["fast"] = {
+        "stl": {"a": 0.8, "b": 0.41, "c": 0.8},  # fast mode's models: b did not learn
+        "pairs": [dict(p) for p in case["recommendation"]["pairs"]],
+    }
+    assert qr.engine_view(case, waive=False) is case
+    view = qr.engine_view(case, waive=True)
+    waived = {frozenset(p["tasks"]) for p in view["recommendation"]["pairs"] if p["cka_waived"]}
+    assert waived == {frozenset("ac"), frozenset("bc")}
+    fast = {frozenset(p["tasks"]) for p in view["fast"]["pairs"] if p["cka_waived"]}
+    assert fast == {frozenset("ab"), frozenset("bc")}
+    assert "cka_waived" not in case["recommendation"]["pairs"][0]  # the case is unchanged
+    # The verdicts read the waiver: a+c's CKA 0.2 is not read; a+b+c's weakest read pair is a+b.
+    obs = {o.tasks: o for o in qr.case_observations(view)}
+    assert obs[("a", "c")].cka_min == 1.0 and obs[("a", "b", "c")].cka_min == 0.9
+    assert qr.table_of(view).get("a", "c").passes(qr.grp.Thresholds(0.5, -1.0, 1.0))
+
+
 def test_the_written_down_learnt_pairs_rule_judges_only_unseen_cases(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
