@@ -518,6 +518,48 @@ def default_suite() -> list[Case]:
             "settings",
         )
     )
+    # Added 2026-11-27 (tenth session), before any ran, for the partial-CKA decision written
+    # into bench/results/partial_cka_prereg.json ("amended") in the same commit: the 3-task
+    # planted case at middle and high noise on 400 rows (where the verdict misses most), new
+    # generator seeds, on the CPU; three birds tasks on another 1,000 rows with class-balanced
+    # losses (CPU, slow) and on another 5,000 rows (a GPU).
+    for level, seed in (("mid", 97), ("high", 99)):
+        cases.append(
+            Case(
+                name=f"synth-minilm-{level}-t3-400-s{seed}",
+                dataset=f"synth-minilm-{level}-t3-400-s{seed}",
+                load=synth_loader((2, 1), NOISES[level], rows=400, classes=4, seed=seed),
+                model="minilm-l6",
+                training=minilm_synth,
+                seeds=5,
+                notes=f"3 tasks at {level} noise: 400 rows, generator seed {seed}",
+            )
+        )
+    cases.append(
+        Case(
+            name="birds-minilm-e-t3",
+            dataset="birds-minilm-e-t3",
+            load=birds_loader(1000, ["phase_of_flt", "birds_struck", "time_of_day"], seed=61),
+            model="minilm-l6",
+            training=dataclasses.replace(
+                minilm_synth, max_length=64, lr=3e-4, epochs=3, class_weights="balanced"
+            ),
+            seeds=5,
+            notes="three birds tasks on another 1,000 rows (sample seed 61), birds-minilm-b-t3's "
+            "settings",
+        )
+    )
+    cases.append(
+        Case(
+            name="birds-minilm-5k-m-t3",
+            dataset="birds-minilm-5k-m-t3",
+            load=birds_loader(5000, ["sky", "effect", "phase_of_flt"], seed=67),
+            model="minilm-l6",
+            training=dataclasses.replace(minilm_synth, max_length=64, class_weights="balanced"),
+            seeds=5,
+            notes="5,000 birds rows (sample seed 67), class weights balanced: run on a GPU",
+        )
+    )
     return cases
 
 
