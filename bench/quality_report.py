@@ -736,6 +736,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
         "seed_floor_unseen": seed_floor_rules_on_unseen(cases),
         "learnt_pairs_unseen": learnt_pairs_rule_on_unseen(cases),
         "learnt_pairs_decision": learnt_pairs_decision(cases),
+        "partial_cka_decision": partial_cka_decision(cases),
         "more_seeds": more_seeds_test(cases),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -772,7 +773,8 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
         "learnt",
         result["learnt_pairs_unseen"],
     )
-    print_learnt_pairs_decision(result["learnt_pairs_decision"])
+    print_decision(result["learnt_pairs_decision"], "learnt-pairs", "learnt_pairs_prereg.json")
+    print_decision(result["partial_cka_decision"], "partial-CKA", "partial_cka_prereg.json")
     print_more_seeds(result["more_seeds"])
     return 0
 
@@ -899,47 +901,53 @@ def learnt_pairs_rule_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] |
     return rule_on_unseen(cases, rule["cases"], learnt_pairs_cka_min, rule["thresholds"])
 
 
-def learnt_pairs_decision(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The decision written down in ``results/learnt_pairs_prereg.json`` ("amended",
-    ``decision_cases``): on the groups of the named cases that are complete and have baselines
-    stored, pooled, the learnt-pairs rule (its written thresholds on
-    :func:`learnt_pairs_cka_min`) against the shipped thresholds in force when each case ran
-    (stored in its recommendation). ``adopt`` when the rule is right on at least as many groups
-    and there are at least ``decision_min_groups`` groups."""
-    if not LEARNT_PAIRS_PREREG.is_file():
+def written_decision(
+    cases: list[dict[str, Any]],
+    prereg: Path,
+    key: str,
+    feature: Callable[[dict[str, Any], list[str], dict[str, Any]], float | None],
+) -> dict[str, Any] | None:
+    """A decision written down in ``prereg`` (its ``decision_cases``, ``decision_min_groups`` and
+    the rule's ``thresholds``): on the groups of the named cases that are complete and give the
+    rule's ``feature`` (``feature(case, tasks, rule)``, in place of the min CKA), pooled, the rule
+    (under ``key``) against the shipped thresholds in force when each case ran (stored in its
+    recommendation). ``adopt`` when the rule is right on at least as many groups and there are at
+    least ``decision_min_groups`` groups. None when ``prereg`` names no decision cases."""
+    if not prereg.is_file():
         return None
-    rule = json.loads(LEARNT_PAIRS_PREREG.read_text())
+    rule = json.loads(prereg.read_text())
     named = rule.get("decision_cases")
     if not named:
         return None
-    learnt_th = grp.Thresholds(**rule["thresholds"])
+    rule_th = grp.Thresholds(**rule["thresholds"])
     by_name = {c["case"]: c for c in cases}
     rows = []
     for name in named:
         case = by_name.get(name)
-        if case is None or not case.get("complete") or case.get("stl_baseline") is None:
+        if case is None or not case.get("complete"):
+            continue
+        values = [feature(case, list(g["tasks"]), rule) for g in case["groups"]]
+        if any(v is None for v in values):
             continue
         shipped = grp.Thresholds(**case["recommendation"]["thresholds"])
-        for o, g in zip(case_observations(case), case["groups"], strict=True):
-            value = learnt_pairs_cka_min(case, list(g["tasks"]))
-            assert value is not None  # baselines are stored
+        for o, value in zip(case_observations(case), values, strict=True):
+            assert value is not None
             rows.append(
                 {
                     "case": name,
                     "tasks": list(o.tasks),
                     "matches": o.matches,
                     "cka_min": o.cka_min,
-                    "learnt_cka_min": value,
+                    "value": value,
                     "shipped": threshold_verdict(o, shipped),
-                    "learnt_pairs": threshold_verdict(
-                        dataclasses.replace(o, cka_min=value), learnt_th
-                    ),
+                    key: threshold_verdict(dataclasses.replace(o, cka_min=value), rule_th),
                 }
             )
     y = [r["matches"] for r in rows]
-    right = {k: sum(r[k] == r["matches"] for r in rows) for k in ("shipped", "learnt_pairs")}
+    right = {k: sum(r[k] == r["matches"] for r in rows) for k in ("shipped", key)}
     need = int(rule.get("decision_min_groups", 12))
     return {
+        "rule": key,
         "cases": sorted({r["case"] for r in rows}),
         "missing": [n for n in named if n not in {r["case"] for r in rows}],
         "groups": len(rows),
@@ -949,9 +957,26 @@ def learnt_pairs_decision(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
             k: balanced_accuracy(y, [r[k] for r in rows]) if rows else None for k in right
         },
         "min_groups": need,
-        "adopt": len(rows) >= need and right["learnt_pairs"] >= right["shipped"],
+        "adopt": len(rows) >= need and right[key] >= right["shipped"],
         "rows": rows,
     }
+
+
+def learnt_pairs_decision(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The decision written down in ``results/learnt_pairs_prereg.json`` ("amended"): the
+    learnt-pairs rule (:func:`learnt_pairs_cka_min`; cases with baselines stored)."""
+    return written_decision(
+        cases, LEARNT_PAIRS_PREREG, "learnt_pairs", lambda c, t, _r: learnt_pairs_cka_min(c, t)
+    )
+
+
+def partial_cka_decision(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The decision written down in ``results/partial_cka_prereg.json`` ("amended"): the
+    partial-CKA rule (:func:`partial_cka_min` at the written ``move``; cases that store the CKA
+    to the pretrained encoder)."""
+    return written_decision(
+        cases, PARTIAL_PREREG, "partial", lambda c, t, r: partial_cka_min(c, t, r["move"])
+    )
 
 
 def seed_floor_rules_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -1115,26 +1140,30 @@ def print_rule_on_unseen(
         )
 
 
-def print_learnt_pairs_decision(part: dict[str, Any] | None) -> None:
+def print_decision(part: dict[str, Any] | None, title: str, prereg: str) -> None:
     if not part:
         return
-    print("\n== the learnt-pairs decision (results/learnt_pairs_prereg.json, decision_cases)")
+    key = part["rule"]
+    print(f"\n== the {title} decision (results/{prereg}, decision_cases)")
     if part["missing"]:
         print(f"not complete (not counted): {', '.join(part['missing'])}")
     r, ba = part["right"], part["balanced_accuracy"]
+    verdict = "ADOPT" if part["adopt"] else "do not adopt"
+    if part["groups"] < part["min_groups"]:
+        verdict = "not decided yet"
     print(
         f"{part['groups']} groups ({part['lose']} lose) on {len(part['cases'])} cases: "
-        f"learnt-pairs rule right on {r['learnt_pairs']} ({fmt(ba['learnt_pairs'])}), shipped "
-        f"thresholds on {r['shipped']} ({fmt(ba['shipped'])}); at least {part['min_groups']} "
-        f"groups needed: {'ADOPT' if part['adopt'] else 'do not adopt'}"
+        f"{title} rule right on {r[key]} ({fmt(ba[key])}), shipped thresholds on "
+        f"{r['shipped']} ({fmt(ba['shipped'])}); at least {part['min_groups']} groups needed: "
+        f"{verdict}"
     )
-    print(f"{'case':<28} {'group':<40} {'measured':>9} {'shipped':>8} {'learnt':>7} {'cka':>5}")
+    print(f"{'case':<28} {'group':<40} {'measured':>9} {'shipped':>8} {'rule':>6} {'value':>6}")
     for row in part["rows"]:
         print(
             f"{row['case']:<28} {'+'.join(row['tasks']):<40} "
             f"{'matches' if row['matches'] else 'loses':>9} "
             f"{'match' if row['shipped'] else 'lose':>8} "
-            f"{'match' if row['learnt_pairs'] else 'lose':>7} {row['learnt_cka_min']:>5.2f}"
+            f"{'match' if row[key] else 'lose':>6} {row['value']:>6.2f}"
         )
 
 

@@ -339,6 +339,41 @@ def test_the_written_down_partial_rule_judges_only_cases_it_was_not_fitted_on(
     assert qr.partial_rule_on_unseen(cases) is None
 
 
+def test_the_partial_cka_decision_reads_the_written_move_on_the_named_cases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every model moved to 0.5 at the last layer: the partial CKA there is (C - 0.25) / 0.75.
+    named = _drifted(_case("d1", 0.9, 0.2, 0.3), {t: [1.0, 0.5] for t in TASKS})
+    named["recommendation"]["thresholds"] = {"tau_rep": 0.5, "tau_grad": -1.0, "rho": 1.0}
+    without = _case("d2", 0.9, 0.2, 0.3)  # no CKA to the pretrained encoder: not counted
+    without["recommendation"]["thresholds"] = named["recommendation"]["thresholds"]
+    rule = {
+        "move": 0.2,
+        "thresholds": {"tau_rep": 0.0, "tau_grad": -1.0, "rho": 1.0},
+        "decision_cases": ["d1", "d2"],
+        "decision_min_groups": 4,
+    }
+    path = tmp_path / "rule.json"
+    path.write_text(json.dumps(rule))
+    monkeypatch.setattr(qr, "PARTIAL_PREREG", path)
+    out = qr.partial_cka_decision([named, without])
+    assert out is not None and out["cases"] == ["d1"] and out["missing"] == ["d2"]
+    # a+b (0.9) passes both rules; a+c (0.2) and b+c (0.3) fail the shipped 0.5; the partial
+    # rule fails a+c ((0.2 - 0.25) / 0.75 < 0) and passes b+c ((0.3 - 0.25) / 0.75 > 0).
+    verdicts = {tuple(r["tasks"]): (r["shipped"], r["partial"]) for r in out["rows"]}
+    assert verdicts == {
+        ("a", "b"): (True, True),
+        ("a", "c"): (False, False),
+        ("b", "c"): (False, True),
+        ("a", "b", "c"): (False, False),
+    }
+    assert out["right"] == {"shipped": 4, "partial": 3} and not out["adopt"]
+    rule["move"] = 0.6  # no layer moved that far: every pair reads 1.0 and passes
+    path.write_text(json.dumps(rule))
+    out = qr.partial_cka_decision([named])
+    assert out is not None and all(r["partial"] for r in out["rows"])
+
+
 def test_the_written_down_seed_floor_rules_judge_only_new_cases_with_floors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
