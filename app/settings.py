@@ -67,7 +67,10 @@ class Settings(BaseSettings):
     )
     val_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
     tau_rep: float = Field(
-        default=Thresholds.tau_rep, description="Min-over-layers CKA a pair needs."
+        default=Thresholds.tau_rep,
+        ge=-1.0,
+        le=1.0,
+        description="Min-over-layers CKA a pair needs.",
     )
     tau_grad: float = Field(
         default=Thresholds.tau_grad, description="Whole-encoder gradient cosine a pair needs."

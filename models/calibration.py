@@ -76,11 +76,15 @@ class Observation:
         return [float(getattr(self, name)) for name in FEATURES]
 
 
-def group_features(tasks: Sequence[str], pairs: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+def group_features(
+    tasks: Sequence[str], pairs: Iterable[Mapping[str, Any]], *, waive: bool = False
+) -> dict[str, float]:
     """The features of :data:`FEATURES` for ``tasks`` from pair reports (``tasks``, ``cka_min``,
-    ``cka_mean`` or ``cka_per_layer``, ``grad_cosine``, ``conflict_rate``; ``cka_waived``). The
-    ``cka_min`` feature reads the CKA the verdict reads: 1.0 for a pair whose CKA is waived (a
-    task of it learnt little; ``grouping.PairEvidence.cka_waived``)."""
+    ``cka_mean`` or ``cka_per_layer``, ``grad_cosine``, ``conflict_rate``; ``cka_waived``). With
+    ``waive``, the ``cka_min`` feature reads the CKA a waiving verdict reads: 1.0 for a pair
+    marked ``cka_waived`` (a task of it learnt little; ``grouping.PairEvidence.cka_waived``);
+    without, the measured CKA of every pair. A calibration reads the view it was fitted on
+    (``Calibration.waive_unlearnt_cka``)."""
     wanted = set(tasks)
     inside = [p for p in pairs if set(p["tasks"]) <= wanted]
     expected = len(wanted) * (len(wanted) - 1) // 2
@@ -95,7 +99,9 @@ def group_features(tasks: Sequence[str], pairs: Iterable[Mapping[str, Any]]) -> 
         return float(np.mean(p["cka_per_layer"]))
 
     return {
-        "cka_min": min(1.0 if p.get("cka_waived") else float(p["cka_min"]) for p in inside),
+        "cka_min": min(
+            1.0 if waive and p.get("cka_waived") else float(p["cka_min"]) for p in inside
+        ),
         "cka_mean": float(np.mean([mean_cka(p) for p in inside])),
         "grad_cosine": min(float(p["grad_cosine"]) for p in inside),
         "conflict_rate": max(float(p["conflict_rate"]) for p in inside),
@@ -110,8 +116,9 @@ def observation(
     matches: bool,
     *,
     learnt: bool | None = None,
+    waive: bool = False,
 ) -> Observation:
-    f = group_features(tasks, pairs)
+    f = group_features(tasks, pairs, waive=waive)
     return Observation(
         dataset=dataset,
         tasks=tuple(tasks),
@@ -243,6 +250,10 @@ class Calibration:
     datasets: tuple[str, ...] = ()
     source: str = ""  # what it was fitted on, in words
     metrics: dict[str, Any] = field(default_factory=dict)  # held-out scores, when measured
+    # The view of the evidence it was fitted on: True when its cka_min feature read waived pairs
+    # (``group_features(waive=True)``) as 1.0. A job reads p_match's features in this view,
+    # whatever its own waive_unlearnt_cka, so the model meets the features it was fitted on.
+    waive_unlearnt_cka: bool = False
 
     def logit(self, values: Mapping[str, float]) -> float:
         z = self.intercept
@@ -282,6 +293,7 @@ class Calibration:
             datasets=tuple(data.get("datasets", ())),
             source=str(data.get("source", "")),
             metrics=dict(data.get("metrics", {})),
+            waive_unlearnt_cka=bool(data.get("waive_unlearnt_cka", False)),
         )
 
     def save(self, path: Path) -> None:

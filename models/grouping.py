@@ -6,7 +6,9 @@ Decision rule
 -------------
 A pair of tasks *passes* when its min-over-layers CKA >= ``tau_rep``, its whole-encoder
 gradient cosine >= ``tau_grad`` and its conflict rate (share of samples with cosine < 0) <=
-``rho``. A group gets the verdict "MTL matches STL" when every pair in it passes; a singleton
+``rho`` (with ``waive_unlearnt_cka``, opt-in, a pair with a task whose single-task model learnt
+little is judged without its CKA: ``PairEvidence.cka_waived``). A group gets the verdict "MTL
+matches STL" when every pair in it passes; a singleton
 trivially matches (it is its own single-task model). Every verdict names its limiting evidence:
 the failing conditions, worst first ("tasks A, B: layer 6 CKA 0.41 < 0.60"), or, for a passing
 group, the weakest value of each condition.
@@ -113,6 +115,9 @@ class Thresholds:
         for name in ("tau_rep", "tau_grad", "rho"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"threshold {name} must be finite, got {getattr(self, name)}")
+        if not -1.0 <= self.tau_rep <= 1.0:
+            # CKA lies in [0, 1] (a partial CKA in [-1, 1]): beyond, no pair could pass.
+            raise ValueError(f"tau_rep is a CKA and must lie in [-1, 1], got {self.tau_rep}")
         if not 0.0 <= self.rho <= 1.0:
             raise ValueError(f"rho is a share of samples and must lie in [0, 1], got {self.rho}")
 
@@ -317,7 +322,7 @@ class GroupVerdict:
     """The verdict on one group: does one MTL model for it match its STL models?
 
     ``score`` is the mean pair affinity within the group; ``margin`` the smallest pass margin over
-    its pairs, ``min(cka_min - tau_rep, grad_cosine - tau_grad, rho - conflict_rate)`` in the
+    its pairs, ``min(cka_judged - tau_rep, grad_cosine - tau_grad, rho - conflict_rate)`` in the
     metrics' own units (>= 0 iff the group passes); ``shortfall`` the sum of the pairs'
     shortfalls. score and margin are None for a singleton, whose shortfall is 0.
     """

@@ -332,6 +332,8 @@ def pair_reports(
     names = list(job.tokenized)
     th = job.spec.analysis.thresholds
     waive = job.spec.analysis.waive_unlearnt_cka
+    if waive and learnt is None:
+        raise ValueError("waive_unlearnt_cka needs to know which tasks' models learnt")
     unlearnt = {n for n, ok in (learnt or {}).items() if not ok} if waive else set()
     out = []
     for i, j in itertools.combinations(range(len(names)), 2):
@@ -396,7 +398,7 @@ def decide(job: PreparedJob, pairs: list[dict[str, Any]]) -> dict[str, Any]:
         cal = spec.analysis.calibration
         p_match = None
         if cal is not None and len(tasks) > 1:
-            p_match = cal.p_match(group_features(tasks, pairs))
+            p_match = cal.p_match(group_features(tasks, pairs, waive=cal.waive_unlearnt_cka))
         groups[key] = {
             "tasks": list(tasks),
             "origin": origin,

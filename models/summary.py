@@ -59,6 +59,7 @@ def render(rec: dict[str, Any]) -> str:
             f"  {ok} {a} / {b}: {p['cka_min']:.2f} (L{p['cka_min_layer']})  {p['cka_mean']:.2f}"
             f"  {p['grad_cosine']:+.2f}  {100 * p['conflict_rate']:.0f}%"
             f"  {1000 * p['tag_affinity'][0]:+.2f} / {1000 * p['tag_affinity'][1]:+.2f}"
+            + ("  (CKA not read: a task learnt little)" if p.get("cka_waived") else "")
         )
     if rec["candidates"]:
         lines.append("")

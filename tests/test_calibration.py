@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from models.calibration import (
     observation,
     observations_from_recommendation,
 )
+from models.grouping import Thresholds
 from models.options import AnalysisConfig
 
 
@@ -75,18 +77,21 @@ def test_group_features_take_the_weakest_pair() -> None:
 
 
 def test_group_features_read_a_waived_pair_as_the_verdict_does() -> None:
-    """p_match reads the CKA the verdict reads: 1.0 on a pair whose CKA is waived; the mean CKA
-    and the gradient features are the measured ones."""
+    """With ``waive``, the cka_min feature reads what a waiving verdict reads: 1.0 on a pair whose
+    CKA is waived; the mean CKA and the gradient features are the measured ones. Without (the
+    view of a calibration fitted on the plain evidence), every pair's measured CKA."""
     pairs = [
         _pair("a", "b", 0.8, 0.2, 0.1),
         {**_pair("a", "c", 0.1, 0.3, 0.4), "cka_waived": True},
         {**_pair("b", "c", 0.2, -0.1, 0.2), "cka_waived": True},
     ]
-    f = group_features(["a", "b", "c"], pairs)
+    f = group_features(["a", "b", "c"], pairs, waive=True)
     assert f["cka_min"] == 0.8 and f["grad_cosine"] == -0.1 and f["conflict_rate"] == 0.4
-    assert group_features(["a", "c"], pairs)["cka_min"] == 1.0
-    plain = group_features(["a", "b", "c"], [{**p, "cka_waived": False} for p in pairs])
+    assert group_features(["a", "c"], pairs, waive=True)["cka_min"] == 1.0
+    plain = group_features(["a", "b", "c"], pairs)
     assert plain["cka_min"] == 0.1 and plain["cka_mean"] == f["cka_mean"]
+    unmarked = [{**p, "cka_waived": False} for p in pairs]
+    assert group_features(["a", "b", "c"], unmarked, waive=True) == plain
 
 
 def test_group_features_need_every_pair() -> None:
@@ -232,7 +237,11 @@ def test_calibration_round_trips_through_json(tmp_path: Path) -> None:
     cal = fit_calibration(_separable(60, seed=2), source="unit test")
     cal.save(tmp_path / "c.json")
     back = Calibration.load(tmp_path / "c.json")
-    assert back == cal
+    assert back == cal and not back.waive_unlearnt_cka
+    waived = dataclasses.replace(cal, waive_unlearnt_cka=True)
+    assert Calibration.from_dict(waived.to_dict()) == waived
+    old = {k: v for k, v in cal.to_dict().items() if k != "waive_unlearnt_cka"}
+    assert Calibration.from_dict(old) == cal  # files written before the field: the plain view
     with pytest.raises(CalibrationError, match="unknown feature"):
         Calibration.from_dict({**cal.to_dict(), "features": ["cka_min", "x", "y", "z", "w"]})
     with pytest.raises(CalibrationError, match="scale"):
@@ -284,6 +293,10 @@ def test_the_shipped_calibration_loads_and_is_the_default() -> None:
     assert cal.n_groups > 0 and cal.source
     assert AnalysisConfig().calibration == cal
     assert 0.0 < cal.p_match(dict(zip(FEATURES, [0.5, 0.8, 0.1, 0.1, 2.0], strict=True))) < 1.0
+    # The default thresholds are the ones fitted with it, and it was fitted on the view of the
+    # evidence the default verdict reads.
+    assert Thresholds(**cal.metrics["fitted_thresholds"]) == Thresholds()
+    assert cal.waive_unlearnt_cka == AnalysisConfig().waive_unlearnt_cka
 
 
 def test_observation_helper_matches_group_features() -> None:

@@ -119,7 +119,7 @@ def test_a_waived_pair_is_judged_on_its_gradients_alone() -> None:
     st.integers(0, 12),
     st.floats(-1.0, 1.0),
     st.floats(0.0, 1.0),
-    st.floats(0.0, 1.0),
+    st.floats(-1.0, 1.0),
     st.floats(-1.0, 1.0),
     st.floats(0.0, 1.0),
 )
@@ -185,6 +185,8 @@ def test_invalid_evidence_and_thresholds_are_rejected() -> None:
         PairEvidence("A", "B", math.nan, 1, 0.3, 0.1)
     with pytest.raises(ValueError, match="rho"):
         Thresholds(rho=2.0)
+    with pytest.raises(ValueError, match="tau_rep is a CKA"):
+        Thresholds(tau_rep=1.2)  # no pair could pass, a waived one included
 
 
 def test_pair_table_validates_and_looks_up_unordered_pairs() -> None:

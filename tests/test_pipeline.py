@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models.calibration import group_features
 from models.grouping import Thresholds
 from models.options import (
     LEARN_MARGIN,
@@ -194,6 +195,14 @@ def test_a_pair_with_a_task_that_learnt_nothing_is_judged_without_its_cka(
         assert p["affinity"] == pytest.approx(
             0.5 * (1.0 if p["cka_waived"] else p["cka_min"]) + 0.5 * p["grad_cosine"]
         )
+    # p_match reads the view its calibration was fitted on (the shipped one: the plain CKA),
+    # whatever the job's own setting.
+    cal = spec.analysis.calibration
+    assert cal is not None and not cal.waive_unlearnt_cka
+    for g in rec["groups"]:
+        if len(g["tasks"]) > 1:
+            plain = group_features(g["tasks"], rec["pairs"])
+            assert g["p_match"] == pytest.approx(cal.p_match(plain))
     groups = {tuple(g["tasks"]): g for g in rec["groups"]}
     # The pair of the two tasks that learnt is read, and fails, whether or not the others are
     # waived; without the waiver the pairs with noise fail too.
