@@ -314,7 +314,7 @@ def cka_curve_svg(pair: PairReport, tau_rep: float | None) -> str:
         )
     if pair.cka_waived:
         out.append(
-            f'<text class="waived" x="{width - right:.0f}" y="14" text-anchor="end" '
+            f'<text class="waived" x="{width - right:.0f}" y="{top + 12:.0f}" text-anchor="end" '
             f'fill="#555555">not read<title>CKA not read: a task of this pair learnt little '
             f"(waive_unlearnt_cka)</title></text>"
         )
