@@ -181,6 +181,58 @@ def default_suite() -> list[Case]:
     # four-class tasks did not learn).
     tiny = TrainingConfig(epochs=15, lr=5e-3, batch_size=32, max_length=48, probe_size=512)
     minilm_synth = TrainingConfig(epochs=2, lr=1e-4, batch_size=32, max_length=40, probe_size=512)
+
+    def planted(level: str, rows: int, seed: int) -> Case:
+        """The 3-task planted case (a planted pair beside an unrelated task), 5 seeds."""
+        return Case(
+            name=f"synth-minilm-{level}-t3-{rows}-s{seed}",
+            dataset=f"synth-minilm-{level}-t3-{rows}-s{seed}",
+            load=synth_loader((2, 1), NOISES[level], rows=rows, classes=4, seed=seed),
+            model="minilm-l6",
+            training=minilm_synth,
+            seeds=5,
+            notes=f"3 tasks at {level} noise: {rows} rows, generator seed {seed}",
+        )
+
+    def small_task(seed: int) -> Case:
+        """A small task beside two large unrelated ones, 5 seeds."""
+        return Case(
+            name=f"synth-minilm-small-t3-s{seed}",
+            dataset=f"synth-minilm-small-t3-s{seed}",
+            load=small_beside_large_loader(seed),
+            model="minilm-l6",
+            training=minilm_synth,
+            seeds=5,
+            notes=f"a small task (60 labels) beside two large unrelated ones (600), seed {seed}",
+        )
+
+    def birds_1k_balanced(tag: str, tasks: list[str], seed: int) -> Case:
+        """Three birds tasks on 1,000 rows at birds-minilm-b-t3's settings, 5 seeds."""
+        return Case(
+            name=f"birds-minilm-{tag}-t3",
+            dataset=f"birds-minilm-{tag}-t3",
+            load=birds_loader(1000, tasks, seed=seed),
+            model="minilm-l6",
+            training=dataclasses.replace(
+                minilm_synth, max_length=64, lr=3e-4, epochs=3, class_weights="balanced"
+            ),
+            seeds=5,
+            notes=f"three birds tasks on another 1,000 rows (sample seed {seed}), "
+            "birds-minilm-b-t3's settings",
+        )
+
+    def birds_5k(tag: str, tasks: list[str], seed: int, weights: str) -> Case:
+        """Three birds tasks on 5,000 rows, 5 seeds: minutes on a GPU, hours here."""
+        return Case(
+            name=f"birds-minilm-5k-{tag}-t3",
+            dataset=f"birds-minilm-5k-{tag}-t3",
+            load=birds_loader(5000, tasks, seed=seed),
+            model="minilm-l6",
+            training=dataclasses.replace(minilm_synth, max_length=64, class_weights=weights),
+            seeds=5,
+            notes=f"5,000 birds rows (sample seed {seed}), class weights {weights}: run on a GPU",
+        )
+
     cases = []
     for t, features in ((4, (2, 1, 1)), (3, (2, 1))):
         for level in ("mid", "low", "high"):
@@ -383,18 +435,7 @@ def default_suite() -> list[Case]:
         ("h", ["effect", "birds_struck", "time_of_day"], 31, "balanced"),
         ("i", ["phase_of_flt", "effect", "sky"], 37, "none"),
     ):
-        cases.append(
-            Case(
-                name=f"birds-minilm-5k-{tag}-t3",
-                dataset=f"birds-minilm-5k-{tag}-t3",
-                load=birds_loader(5000, tasks, seed=seed),
-                model="minilm-l6",
-                training=dataclasses.replace(minilm_synth, max_length=64, class_weights=weights),
-                seeds=5,
-                notes=f"5,000 birds rows (sample seed {seed}), class weights {weights}: "
-                "run on a GPU",
-            )
-        )
+        cases.append(birds_5k(tag, tasks, seed, weights))
     # Added 2026-11-26 (sixth session) after the partial-CKA lead (bench/quality_report.py,
     # partial_cka_min) was found on the 23 cases above, to test it on data it has not seen: the
     # 3-task planted case at high noise and three unrelated tasks, 500 rows, new generator seeds.
@@ -430,17 +471,7 @@ def default_suite() -> list[Case]:
         ("mid", 400, 89),
         ("high", 400, 91),
     ):
-        cases.append(
-            Case(
-                name=f"synth-minilm-{level}-t3-{rows}-s{seed}",
-                dataset=f"synth-minilm-{level}-t3-{rows}-s{seed}",
-                load=synth_loader((2, 1), NOISES[level], rows=rows, classes=4, seed=seed),
-                model="minilm-l6",
-                training=minilm_synth,
-                seeds=5,
-                notes=f"3 tasks at {level} noise: {rows} rows, generator seed {seed}",
-            )
-        )
+        cases.append(planted(level, rows, seed))
     # Added 2026-11-27 (ninth session), before either ran, to judge on data no fit has seen the
     # learnt-pairs rule written down in bench/results/learnt_pairs_prereg.json and the shipped
     # defaults (tau_rep 0.15, the p_match fitted on all nineteen 3-task CPU cases at 10 seeds):
@@ -448,17 +479,7 @@ def default_suite() -> list[Case]:
     # rule and the plain min CKA disagree. A small task beside two large unrelated ones on a new
     # generator seed, and three birds tasks on a new sample of 1,000 rows at birds-minilm's
     # settings.
-    cases.append(
-        Case(
-            name="synth-minilm-small-t3-s93",
-            dataset="synth-minilm-small-t3-s93",
-            load=small_beside_large_loader(93),
-            model="minilm-l6",
-            training=minilm_synth,
-            seeds=5,
-            notes="a small task (60 labels) beside two large unrelated ones (600), seed 93",
-        )
-    )
+    cases.append(small_task(93))
     cases.append(
         Case(
             name="birds-minilm-c-t3",
@@ -481,85 +502,18 @@ def default_suite() -> list[Case]:
         ("k", ["effect", "birds_struck", "sky"], 47, "balanced"),
         ("l", ["phase_of_flt", "birds_struck", "effect"], 53, "none"),
     ):
-        cases.append(
-            Case(
-                name=f"birds-minilm-5k-{tag}-t3",
-                dataset=f"birds-minilm-5k-{tag}-t3",
-                load=birds_loader(5000, tasks, seed=seed),
-                model="minilm-l6",
-                training=dataclasses.replace(minilm_synth, max_length=64, class_weights=weights),
-                seeds=5,
-                notes=f"5,000 birds rows (sample seed {seed}), class weights {weights}: "
-                "run on a GPU",
-            )
-        )
-    cases.append(
-        Case(
-            name="synth-minilm-small-t3-s95",
-            dataset="synth-minilm-small-t3-s95",
-            load=small_beside_large_loader(95),
-            model="minilm-l6",
-            training=minilm_synth,
-            seeds=5,
-            notes="a small task (60 labels) beside two large unrelated ones (600), seed 95",
-        )
-    )
-    cases.append(
-        Case(
-            name="birds-minilm-d-t3",
-            dataset="birds-minilm-d-t3",
-            load=birds_loader(1000, ["sky", "birds_struck", "effect"], seed=59),
-            model="minilm-l6",
-            training=dataclasses.replace(
-                minilm_synth, max_length=64, lr=3e-4, epochs=3, class_weights="balanced"
-            ),
-            seeds=5,
-            notes="three birds tasks on another 1,000 rows (sample seed 59), birds-minilm-b-t3's "
-            "settings",
-        )
-    )
+        cases.append(birds_5k(tag, tasks, seed, weights))
+    cases.append(small_task(95))
+    cases.append(birds_1k_balanced("d", ["sky", "birds_struck", "effect"], 59))
     # Added 2026-11-27 (tenth session), before any ran, for the partial-CKA decision written
     # into bench/results/partial_cka_prereg.json ("amended") in the same commit: the 3-task
     # planted case at middle and high noise on 400 rows (where the verdict misses most), new
     # generator seeds, on the CPU; three birds tasks on another 1,000 rows with class-balanced
     # losses (CPU, slow) and on another 5,000 rows (a GPU).
-    for level, seed in (("mid", 97), ("high", 99)):
-        cases.append(
-            Case(
-                name=f"synth-minilm-{level}-t3-400-s{seed}",
-                dataset=f"synth-minilm-{level}-t3-400-s{seed}",
-                load=synth_loader((2, 1), NOISES[level], rows=400, classes=4, seed=seed),
-                model="minilm-l6",
-                training=minilm_synth,
-                seeds=5,
-                notes=f"3 tasks at {level} noise: 400 rows, generator seed {seed}",
-            )
-        )
-    cases.append(
-        Case(
-            name="birds-minilm-e-t3",
-            dataset="birds-minilm-e-t3",
-            load=birds_loader(1000, ["phase_of_flt", "birds_struck", "time_of_day"], seed=61),
-            model="minilm-l6",
-            training=dataclasses.replace(
-                minilm_synth, max_length=64, lr=3e-4, epochs=3, class_weights="balanced"
-            ),
-            seeds=5,
-            notes="three birds tasks on another 1,000 rows (sample seed 61), birds-minilm-b-t3's "
-            "settings",
-        )
-    )
-    cases.append(
-        Case(
-            name="birds-minilm-5k-m-t3",
-            dataset="birds-minilm-5k-m-t3",
-            load=birds_loader(5000, ["sky", "effect", "phase_of_flt"], seed=67),
-            model="minilm-l6",
-            training=dataclasses.replace(minilm_synth, max_length=64, class_weights="balanced"),
-            seeds=5,
-            notes="5,000 birds rows (sample seed 67), class weights balanced: run on a GPU",
-        )
-    )
+    cases.append(planted("mid", 400, 97))
+    cases.append(planted("high", 400, 99))
+    cases.append(birds_1k_balanced("e", ["phase_of_flt", "birds_struck", "time_of_day"], 61))
+    cases.append(birds_5k("m", ["sky", "effect", "phase_of_flt"], 67, "balanced"))
     return cases
 
 

@@ -175,13 +175,12 @@ def engine_view(case: dict[str, Any], waive: bool = ENGINE_WAIVES) -> dict[str, 
     ``LEARN_MARGIN``, the service's ``stl.learnt``) marked ``cka_waived``, in the full evidence
     and in fast mode's (by fast mode's own models). A copy; ``case`` unchanged. Unchanged when
     ``waive`` is off or the case has no baselines."""
-    base = case.get("stl_baseline")
-    if not waive or base is None:
+    if not waive or case.get("stl_baseline") is None:
         return case
 
     def mark(pairs: list[dict[str, Any]], seed0: dict[str, float]) -> list[dict[str, Any]]:
-        unlearnt = {t for t in case["tasks"] if seed0[t] < base[t] + LEARN_MARGIN}
-        return [{**p, "cka_waived": bool(set(p["tasks"]) & unlearnt)} for p in pairs]
+        learnt = learnt_with(case, seed0)
+        return [{**p, "cka_waived": not set(p["tasks"]) <= learnt} for p in pairs]
 
     rec = case["recommendation"]
     out = {
@@ -522,16 +521,22 @@ def has_seed_floor(case: dict[str, Any]) -> bool:
     return "seed_cka" in case and "pair_cka" in case
 
 
+def learnt_with(case: dict[str, Any], f1: dict[str, float]) -> set[str]:
+    """The case's tasks whose models, of macro-F1 ``f1`` (one model per task), learnt: at least
+    ``LEARN_MARGIN`` above the chance baseline, as the service's ``stl.learnt``."""
+    base = case["stl_baseline"]
+    return {t for t in case["tasks"] if f1[t] >= base[t] + LEARN_MARGIN}
+
+
 def learnt_pairs_cka_min(case: dict[str, Any], tasks: list[str]) -> float | None:
     """The group's smallest min-over-layers CKA over its pairs whose two tasks' seed-0
     single-task models learnt (macro-F1 at least ``LEARN_MARGIN`` above the chance baseline: the
     service's ``stl.learnt``, which reads seed 0 too); 1.0 when no pair has two such tasks. A
     task whose model learnt nothing has no accuracy to lose, and its pairs' CKA compares a model
     that does not solve it. None when the case has no baselines stored."""
-    base = case.get("stl_baseline")
-    if base is None:
+    if case.get("stl_baseline") is None:
         return None
-    learnt = {t for t in tasks if case["stl"][t][0] >= base[t] + LEARN_MARGIN}
+    learnt = learnt_with(case, {t: f1s[0] for t, f1s in case["stl"].items()})
     pairs = {frozenset(p["tasks"]): p["cka_min"] for p in case["recommendation"]["pairs"]}
     values = [
         pairs[frozenset((a, b))]
