@@ -95,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="judge a pair without its CKA when one of its tasks' single-task models learnt "
         "little (default: the setting waive_unlearnt_cka)",
     )
+    an.add_argument(
+        "--rep-measure",
+        choices=("cka", "partial_cka"),
+        default=None,
+        help="the representation measure a pair's verdict reads (default: the setting "
+        "rep_measure); the thresholds not given default to that measure's",
+    )
+    an.add_argument(
+        "--partial-cka-move",
+        type=float,
+        default=None,
+        help="how far both tasks' models must have moved at a layer for the partial CKA to read "
+        "it (default: the setting partial_cka_move)",
+    )
     an.add_argument("--align-steps", type=int, default=None)
     an.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     an.add_argument("--out", required=True, type=Path, help="where to write the JSON")
@@ -272,6 +286,17 @@ def _job_from_args(args: argparse.Namespace) -> Any:
             )
         )
     training = training_options(args)
+    if args.rep_measure is not None or args.partial_cka_move is not None:
+        settings = settings.model_copy(
+            update={
+                k: v
+                for k, v in (
+                    ("rep_measure", args.rep_measure),
+                    ("partial_cka_move", args.partial_cka_move),
+                )
+                if v is not None
+            }
+        )
     th = settings.thresholds()
     thresholds = Thresholds(
         tau_rep=th.tau_rep if args.tau_rep is None else args.tau_rep,
@@ -506,7 +531,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         observations_from_recommendation,
     )
 
-    engine = make_engine(database_url(get_settings()))
+    settings = get_settings()
+    measure = settings.rep_measure
+    engine = make_engine(database_url(settings))
+    unread = 0
     try:
         with make_sessionmaker(engine)() as session:
             verified = repository.verified_recommendations(session=session)
@@ -514,15 +542,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             for job, rec in verified:
                 # Jobs on the same uploaded datasets share a fold: held out together.
                 fold = "+".join(sorted(d["id"] for d in (job.request or {}).get("datasets", [])))
-                obs += observations_from_recommendation(rec.body, fold or job.id)
+                try:
+                    obs += observations_from_recommendation(
+                        rec.body, fold or job.id, measure=measure
+                    )
+                except CalibrationError:  # stored before its pairs recorded the measure
+                    unread += 1
             if len(obs) < args.min_groups:
                 raise CalibrationError(
                     f"only {len(obs)} verified group(s) in {len(verified)} job(s), fewer than "
                     f"--min-groups {args.min_groups}: run more jobs with verify on"
                 )
             cal = fit_calibration(
-                obs, strength=args.strength, source=f"{len(verified)} verified jobs"
+                obs, strength=args.strength, source=f"{len(verified) - unread} verified jobs"
             )
+            # Fitted on the view of the evidence the verdicts in force read.
+            cal = dataclasses.replace(cal, rep_measure=measure)
             metrics: dict[str, Any] = {}
             try:
                 held = leave_one_dataset_out(obs, strength=args.strength)
@@ -557,8 +592,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return 0
     matching = sum(o.matches for o in obs)
     print(
-        f"fitted p_match on {len(obs)} verified groups ({matching} matched) of {len(verified)} jobs"
+        f"fitted p_match on {len(obs)} verified groups ({matching} matched) of "
+        f"{len(verified) - unread} jobs, on the {measure} evidence (setting rep_measure)"
     )
+    if unread:
+        print(f"left out {unread} job(s) stored before their pairs recorded the {measure} evidence")
     print(f"held out (leave one dataset out): {metrics['held_out']}")
     if "held_out_learnt_groups" in metrics:
         learnt = metrics["held_out_learnt_groups"]

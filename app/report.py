@@ -101,9 +101,33 @@ class _Scale:
         return _mix(_SEQUENTIAL, (value - self.low) / (self.high - self.low))
 
 
-def _scale(metric: Metric, values: Sequence[float]) -> _Scale:
+def _partial(pair: PairReport) -> bool:
+    """Whether the pair's verdict reads its partial CKA (setting rep_measure), recorded."""
+    return pair.rep_measure == "partial_cka" and pair.partial_cka_per_layer is not None
+
+
+def _judged(pair: PairReport) -> tuple[str, list[float], float, int | None]:
+    """The representation measure the pair's verdict reads: its name, per-layer values, minimum
+    and the minimum's layer (None: a partial CKA no layer of which counts)."""
+    if _partial(pair):
+        assert pair.partial_cka_per_layer is not None and pair.partial_cka_min is not None
+        return (
+            "partial CKA",
+            pair.partial_cka_per_layer,
+            pair.partial_cka_min,
+            pair.partial_cka_min_layer,
+        )
+    return "CKA", pair.cka_per_layer, pair.cka_min, pair.cka_min_layer
+
+
+def _measure_title(rec: Recommendation) -> str:
+    return "min-layer partial CKA" if any(map(_partial, rec.pairs)) else METRICS["cka"]
+
+
+def _scale(metric: Metric, values: Sequence[float], *, signed: bool = False) -> _Scale:
     if metric == "cka":
-        return _Scale(0.0, 1.0, diverging=False)
+        # A partial CKA is signed: near 0 or below where two models moved apart.
+        return _Scale(-1.0, 1.0, diverging=True) if signed else _Scale(0.0, 1.0, diverging=False)
     # Gradient cosines are mostly small: a symmetric range around 0 that fits them (at least
     # +-0.1, at most +-1), so that their signs show; the legend states the range.
     finite = [abs(v) for v in values if math.isfinite(v)]
@@ -113,12 +137,16 @@ def _scale(metric: Metric, values: Sequence[float]) -> _Scale:
 
 
 def _pair_value(pair: PairReport, metric: Metric) -> float:
-    return pair.cka_min if metric == "cka" else pair.grad_cosine
+    return _judged(pair)[2] if metric == "cka" else pair.grad_cosine
 
 
 def _pair_title(pair: PairReport, metric: Metric, a: str, b: str) -> str:
     if metric == "cka":
-        detail = f"min-layer CKA {pair.cka_min:.3f} (layer {pair.cka_min_layer})"
+        label, _, low, layer = _judged(pair)
+        where = "no layer where both models moved" if layer is None else f"layer {layer}"
+        detail = f"min-layer {label} {low:.3f} ({where})"
+        if label != "CKA":
+            detail += f"; min-layer CKA {pair.cka_min:.3f} (layer {pair.cka_min_layer})"
         if pair.cka_waived:
             detail += ", not read: a task's single-task model learnt little"
     else:
@@ -153,7 +181,7 @@ def heatmap_svg(rec: Recommendation, metric: Metric, *, standalone: bool = False
     pairs = _pairs(rec)
     n = len(order)
     values = [_pair_value(p, metric) for p in rec.pairs]
-    scale = _scale(metric, values)
+    scale = _scale(metric, values, signed=any(map(_partial, rec.pairs)))
     longest = max((len(t) for t in order), default=1)
     label_w = min(260.0, longest * CHAR_W + 12)
     x0, y0 = label_w, 28.0
@@ -161,7 +189,7 @@ def heatmap_svg(rec: Recommendation, metric: Metric, *, standalone: bool = False
     legend_h = 46.0
     width = x0 + n * CELL + 16
     height = y0 + n * CELL + foot + legend_h
-    title = METRICS[metric]
+    title = _measure_title(rec) if metric == "cka" else METRICS[metric]
     out: list[str] = []
     header = 'xmlns="http://www.w3.org/2000/svg" ' if standalone else ""
     out.append(
@@ -252,28 +280,34 @@ def _legend(scale: _Scale, x: float, y: float, width: float) -> str:
 
 def cka_curve_svg(pair: PairReport, tau_rep: float | None) -> str:
     """One pair's CKA per layer (0 = embeddings), its limiting (minimum) layer marked, and the
-    ``tau_rep`` threshold dashed when it is known."""
+    ``tau_rep`` threshold dashed when it is known. Where the verdict reads the partial CKA
+    (``rep_measure``), that is the curve, on a signed scale, with the raw CKA grey behind it and
+    the layers it is not read at (a model barely moved there) drawn hollow."""
     width, height = 280.0, 160.0
     left, right, top, bottom = 34.0, 10.0, 24.0, 28.0
-    values = pair.cka_per_layer
+    label, values, _, low_layer = _judged(pair)
+    partial = _partial(pair)
+    counted = set(pair.partial_cka_layers or ()) if partial else set(range(len(values)))
+    floor = -1.0 if partial else 0.0
     layers = max(len(values) - 1, 1)
 
     def px(layer: int) -> float:
         return left + (width - left - right) * layer / layers
 
     def py(value: float) -> float:
-        v = min(max(value, 0.0), 1.0) if math.isfinite(value) else 0.0
-        return top + (height - top - bottom) * (1.0 - v)
+        v = min(max(value, floor), 1.0) if math.isfinite(value) else floor
+        return top + (height - top - bottom) * (1.0 - (v - floor) / (1.0 - floor))
 
     a, b = pair.tasks
     out = [
-        f'<svg class="cka-curve" data-pair="{_e(a)}|{_e(b)}" width="{width:.0f}" '
+        f'<svg class="cka-curve" data-pair="{_e(a)}|{_e(b)}" data-measure="{_e(label)}" '
+        f'width="{width:.0f}" '
         f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" role="img" '
-        f'aria-label="CKA over layers, {_e(a)} and {_e(b)}" font-family="sans-serif" '
+        f'aria-label="{_e(label)} over layers, {_e(a)} and {_e(b)}" font-family="sans-serif" '
         f'font-size="11">',
         f'<text x="{left:.0f}" y="14" font-weight="bold">{_e(a)} × {_e(b)}</text>',
     ]
-    for tick in (0.0, 0.5, 1.0):
+    for tick in (-1.0, 0.0, 1.0) if partial else (0.0, 0.5, 1.0):
         out.append(
             f'<line x1="{left:.0f}" x2="{width - right:.0f}" y1="{py(tick):.1f}" '
             f'y2="{py(tick):.1f}" stroke="#e5e5e5"/>'
@@ -294,29 +328,46 @@ def cka_curve_svg(pair: PairReport, tau_rep: float | None) -> str:
             f'y1="{py(tau_rep):.1f}" y2="{py(tau_rep):.1f}" stroke="#b2182b" '
             f'stroke-dasharray="4 3"><title>tau_rep {tau_rep:g}</title></line>'
         )
+    if partial:
+        raw = " ".join(f"{px(k):.1f},{py(v):.1f}" for k, v in enumerate(pair.cka_per_layer))
+        out.append(
+            f'<polyline class="raw-cka" points="{raw}" fill="none" stroke="#bbbbbb" '
+            f'stroke-width="1.5"><title>CKA per layer (not read by the verdict)</title></polyline>'
+        )
     points = " ".join(f"{px(k):.1f},{py(v):.1f}" for k, v in enumerate(values))
     out.append(f'<polyline points="{points}" fill="none" stroke="#2166ac" stroke-width="2"/>')
     for k, v in enumerate(values):
-        limiting = k == pair.cka_min_layer
+        limiting = k == low_layer
+        read = k in counted
+        colour = "#b2182b" if limiting else "#2166ac"
+        note = "" if read else " (not read: a model barely moved)"
+        if limiting:
+            note = " (limiting layer)"
         out.append(
-            f'<circle class="{"limiting" if limiting else "layer"}" cx="{px(k):.1f}" '
-            f'cy="{py(v):.1f}" r="{5 if limiting else 3}" '
-            f'fill="{"#b2182b" if limiting else "#2166ac"}"><title>layer {k}: CKA '
-            f"{v:.3f}{' (limiting layer)' if limiting else ''}</title></circle>"
+            f'<circle class="{"limiting" if limiting else "layer" if read else "unread"}" '
+            f'cx="{px(k):.1f}" cy="{py(v):.1f}" r="{5 if limiting else 3}" '
+            f'fill="{colour if read else "#ffffff"}" stroke="{colour}"><title>layer {k}: '
+            f"{_e(label)} {v:.3f}{note}</title></circle>"
         )
-    k = pair.cka_min_layer
-    if 0 <= k < len(values):
+    if low_layer is not None and 0 <= low_layer < len(values):
+        k = low_layer
         anchor = "end" if px(k) > width / 2 else "start"
         shift = -8 if anchor == "end" else 8
         out.append(
             f'<text x="{px(k) + shift:.1f}" y="{py(values[k]) - 8:.1f}" text-anchor="{anchor}" '
             f'fill="#b2182b">min {values[k]:.2f} @ layer {k}</text>'
         )
+    elif partial:
+        out.append(
+            f'<text class="unread" x="{width - right:.0f}" y="{top + 12:.0f}" text-anchor="end" '
+            f'fill="#555555">no layer read<title>partial CKA 1.0: no layer where both models '
+            f"moved from the pretrained encoder</title></text>"
+        )
     if pair.cka_waived:
         out.append(
             f'<text class="waived" x="{width - right:.0f}" y="{top + 12:.0f}" text-anchor="end" '
-            f'fill="#555555">not read<title>CKA not read: a task of this pair learnt little '
-            f"(waive_unlearnt_cka)</title></text>"
+            f'fill="#555555">not read<title>{_e(label)} not read: a task of this pair learnt '
+            f"little (waive_unlearnt_cka)</title></text>"
         )
     out.append("</svg>")
     return "".join(out)
@@ -387,6 +438,8 @@ def report_view(rec: Recommendation) -> dict[str, Any]:
         "groups": rec.groups,
         "group_of": group_of,
         "heatmaps": {"cka": heatmap_svg(rec, "cka"), "grad": heatmap_svg(rec, "grad")},
+        "measure": _measure_title(rec),
+        "partial": any(map(_partial, rec.pairs)),
         "curves": [(p, cka_curve_svg(p, tau_rep)) for p in pairs],
         "candidates": rec.candidates,
         "verification": rec.verification or [],

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.grouping import Thresholds
+from models.grouping import Thresholds, default_thresholds
 from models.options import AnalysisConfig
 
 
@@ -66,16 +66,39 @@ class Settings(BaseSettings):
         default=5, ge=2, description="Classes with fewer examples are set aside for that task."
     )
     val_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
-    tau_rep: float = Field(
-        default=Thresholds.tau_rep,
+    rep_measure: Literal["cka", "partial_cka"] = Field(
+        default=AnalysisConfig.rep_measure,
+        description="The representation measure a pair's verdict reads: cka (min-over-layers "
+        "CKA, as METHOD.md has it) or partial_cka (min-over-layers partial CKA given the "
+        "pretrained encoder, over the layers where both tasks' models moved at least "
+        "partial_cka_move).",
+    )
+    partial_cka_move: float = Field(
+        default=AnalysisConfig.partial_cka_move,
+        gt=0.0,
+        le=1.0,
+        description="How far (1 - CKA to the pretrained encoder) both tasks' models must have "
+        "moved at a layer for the partial CKA to read it.",
+    )
+    tau_rep: float | None = Field(
+        default=None,
         ge=-1.0,
         le=1.0,
-        description="Min-over-layers CKA a pair needs.",
+        description="Min-over-layers CKA (or partial CKA, as rep_measure says) a pair needs "
+        "(default: the measure's fitted default).",
     )
-    tau_grad: float = Field(
-        default=Thresholds.tau_grad, description="Whole-encoder gradient cosine a pair needs."
+    tau_grad: float | None = Field(
+        default=None,
+        description="Whole-encoder gradient cosine a pair needs (default: rep_measure's fitted "
+        "default).",
     )
-    rho: float = Field(default=Thresholds.rho, description="Highest conflict rate a pair may have.")
+    rho: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Highest conflict rate a pair may have (default: rep_measure's fitted "
+        "default).",
+    )
     waive_unlearnt_cka: bool = Field(
         default=AnalysisConfig.waive_unlearnt_cka,
         description="Judge a pair without its CKA when one of its tasks' single-task models "
@@ -189,12 +212,20 @@ class Settings(BaseSettings):
         return self.artifact_dir or self.data_dir / "artifacts"
 
     def thresholds(self) -> Thresholds:
-        return Thresholds(tau_rep=self.tau_rep, tau_grad=self.tau_grad, rho=self.rho)
+        """The thresholds in force: those set, else the fitted defaults of ``rep_measure``."""
+        base = default_thresholds(self.rep_measure)
+        return Thresholds(
+            tau_rep=base.tau_rep if self.tau_rep is None else self.tau_rep,
+            tau_grad=base.tau_grad if self.tau_grad is None else self.tau_grad,
+            rho=base.rho if self.rho is None else self.rho,
+        )
 
     def analysis_config(self, **overrides: Any) -> AnalysisConfig:
         base: dict[str, Any] = {
             "thresholds": self.thresholds(),
             "waive_unlearnt_cka": self.waive_unlearnt_cka,
+            "rep_measure": self.rep_measure,
+            "partial_cka_move": self.partial_cka_move,
             "device": self.device,
             "min_class_count": self.min_class_count,
             "val_fraction": self.val_fraction,

@@ -38,6 +38,7 @@ from models.calibration import (
     observation,
 )
 from models.options import LEARN_MARGIN, AnalysisConfig
+from models.similarity import partial_cka
 
 SHIP = Path(__file__).resolve().parents[1] / "models" / "calibration.json"
 
@@ -614,31 +615,22 @@ PARTIAL_MOVES = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
 
 def partial_cka_min(case: dict[str, Any], tasks: list[str], move: float) -> float | None:
     """The group's smallest per-layer *partial* CKA, over its pairs and the layers where both
-    tasks' models moved at least ``move`` from the pretrained encoder (``1 - C_i >= move``, C_i
-    being the task model's CKA to the pretrained one at that layer). Reading CKA as a correlation,
-    two models that each drifted from a shared start independently have ``C_ij ~ C_i C_j``; the
-    partial form ``(C_ij - C_i C_j) / sqrt((1 - C_i^2)(1 - C_j^2))`` is how much of their drift
-    they share: near 1 when they moved together, near 0 or below when apart. A group none of whose
-    pairs has such a layer gets 1.0 (its models barely left the shared encoder). None when the
-    case did not store the CKA to the pretrained encoder."""
+    tasks' models moved at least ``move`` from the pretrained encoder: the engine's own measure
+    (``models.similarity.partial_cka``, read by a job with ``rep_measure`` "partial_cka"),
+    recomputed from the stored CKAs. Reading CKA as a correlation, two models that each drifted
+    from a shared start independently have ``C_ij ~ C_i C_j``; the partial form
+    ``(C_ij - C_i C_j) / sqrt((1 - C_i^2)(1 - C_j^2))`` is how much of their drift they share. A
+    group none of whose pairs has such a layer gets 1.0 (its models barely left the shared
+    encoder). None when the case did not store the CKA to the pretrained encoder."""
     stored = case["recommendation"].get("tasks") or []
-    pre = {
-        t["name"]: np.asarray(t["cka_to_pretrained"]) for t in stored if t.get("cka_to_pretrained")
-    }
+    pre = {t["name"]: t["cka_to_pretrained"] for t in stored if t.get("cka_to_pretrained")}
     if not set(tasks) <= set(pre):
         return None
-    pairs = {
-        frozenset(p["tasks"]): np.asarray(p["cka_per_layer"])
-        for p in case["recommendation"]["pairs"]
-    }
-    out = 1.0
-    for a, b in itertools.combinations(tasks, 2):
-        c, ca, cb = pairs[frozenset((a, b))], pre[a], pre[b]
-        moved = (1.0 - ca >= move) & (1.0 - cb >= move)
-        if moved.any():
-            partial = (c - ca * cb) / np.sqrt(np.clip((1.0 - ca**2) * (1.0 - cb**2), 1e-12, None))
-            out = min(out, float(partial[moved].min()))
-    return out
+    pairs = {frozenset(p["tasks"]): p["cka_per_layer"] for p in case["recommendation"]["pairs"]}
+    return min(
+        partial_cka(pairs[frozenset((a, b))], pre[a], pre[b], move=move).min
+        for a, b in itertools.combinations(tasks, 2)
+    )
 
 
 def partial_observations(cases: list[dict[str, Any]], move: float) -> list[Observation] | None:

@@ -77,14 +77,24 @@ class Observation:
 
 
 def group_features(
-    tasks: Sequence[str], pairs: Iterable[Mapping[str, Any]], *, waive: bool = False
+    tasks: Sequence[str],
+    pairs: Iterable[Mapping[str, Any]],
+    *,
+    waive: bool = False,
+    measure: str = "cka",
 ) -> dict[str, float]:
     """The features of :data:`FEATURES` for ``tasks`` from pair reports (``tasks``, ``cka_min``,
-    ``cka_mean`` or ``cka_per_layer``, ``grad_cosine``, ``conflict_rate``; ``cka_waived``). With
-    ``waive``, the ``cka_min`` feature reads the CKA a waiving verdict reads: 1.0 for a pair
-    marked ``cka_waived`` (a task of it learnt little; ``grouping.PairEvidence.cka_waived``);
-    without, the measured CKA of every pair. A calibration reads the view it was fitted on
-    (``Calibration.waive_unlearnt_cka``)."""
+    ``cka_mean`` or ``cka_per_layer``, ``grad_cosine``, ``conflict_rate``; ``cka_waived``;
+    ``partial_cka_min``). The ``cka_min`` feature is the group's smallest min-over-layers CKA, or
+    with ``measure="partial_cka"`` its smallest ``partial_cka_min`` (the measure a verdict with
+    ``rep_measure`` "partial_cka" reads; CalibrationError where a pair did not record it). With
+    ``waive``, it reads what a waiving verdict reads: 1.0 for a pair marked ``cka_waived`` (a
+    task of it learnt little; ``grouping.PairEvidence.cka_waived``); without, the measured value
+    of every pair. A calibration reads the view it was fitted on
+    (``Calibration.waive_unlearnt_cka``, ``Calibration.rep_measure``)."""
+    if measure not in ("cka", "partial_cka"):
+        raise CalibrationError(f"measure must be 'cka' or 'partial_cka', got {measure!r}")
+    key = "partial_cka_min" if measure == "partial_cka" else "cka_min"
     wanted = set(tasks)
     inside = [p for p in pairs if set(p["tasks"]) <= wanted]
     expected = len(wanted) * (len(wanted) - 1) // 2
@@ -92,6 +102,8 @@ def group_features(
         raise CalibrationError(
             f"group {', '.join(tasks)}: needs evidence for all {expected} pairs, got {len(inside)}"
         )
+    if any(p.get(key) is None for p in inside):
+        raise CalibrationError(f"group {', '.join(tasks)}: a pair did not record {key}")
 
     def mean_cka(p: Mapping[str, Any]) -> float:
         if "cka_mean" in p:
@@ -99,9 +111,7 @@ def group_features(
         return float(np.mean(p["cka_per_layer"]))
 
     return {
-        "cka_min": min(
-            1.0 if waive and p.get("cka_waived") else float(p["cka_min"]) for p in inside
-        ),
+        "cka_min": min(1.0 if waive and p.get("cka_waived") else float(p[key]) for p in inside),
         "cka_mean": float(np.mean([mean_cka(p) for p in inside])),
         "grad_cosine": min(float(p["grad_cosine"]) for p in inside),
         "conflict_rate": max(float(p["conflict_rate"]) for p in inside),
@@ -117,8 +127,9 @@ def observation(
     *,
     learnt: bool | None = None,
     waive: bool = False,
+    measure: str = "cka",
 ) -> Observation:
-    f = group_features(tasks, pairs, waive=waive)
+    f = group_features(tasks, pairs, waive=waive, measure=measure)
     return Observation(
         dataset=dataset,
         tasks=tuple(tasks),
@@ -131,9 +142,12 @@ def observation(
     )
 
 
-def observations_from_recommendation(rec: Mapping[str, Any], dataset: str) -> list[Observation]:
+def observations_from_recommendation(
+    rec: Mapping[str, Any], dataset: str, *, measure: str = "cka"
+) -> list[Observation]:
     """The verified groups of a recommendation (``schema.Recommendation`` as JSON data), each
-    marked ``learnt`` when every task's single-task model learnt (``stl.learnt``)."""
+    marked ``learnt`` when every task's single-task model learnt (``stl.learnt``); ``measure``:
+    the view of the representation evidence (:func:`group_features`)."""
     learnt = {t["name"]: (t.get("stl") or {}).get("learnt") for t in rec.get("tasks") or []}
     out = []
     for entry in rec.get("verification") or []:
@@ -141,7 +155,14 @@ def observations_from_recommendation(rec: Mapping[str, Any], dataset: str) -> li
             flags = [learnt.get(t) for t in entry["tasks"]]
             known = None if any(f is None for f in flags) else all(flags)
             out.append(
-                observation(dataset, entry["tasks"], rec["pairs"], entry["matches"], learnt=known)
+                observation(
+                    dataset,
+                    entry["tasks"],
+                    rec["pairs"],
+                    entry["matches"],
+                    learnt=known,
+                    measure=measure,
+                )
             )
     return out
 
@@ -254,6 +275,8 @@ class Calibration:
     # (``group_features(waive=True)``) as 1.0. A job reads p_match's features in this view,
     # whatever its own waive_unlearnt_cka, so the model meets the features it was fitted on.
     waive_unlearnt_cka: bool = False
+    # Its cka_min feature's measure (``group_features(measure=...)``): "cka", or "partial_cka".
+    rep_measure: str = "cka"
 
     def logit(self, values: Mapping[str, float]) -> float:
         z = self.intercept
@@ -282,6 +305,9 @@ class Calibration:
             raise CalibrationError("calibration: coef, means, scales and features differ in length")
         if any(float(s) <= 0 for s in data["scales"]):
             raise CalibrationError("calibration: every scale must be positive")
+        measure = str(data.get("rep_measure", "cka"))
+        if measure not in ("cka", "partial_cka"):
+            raise CalibrationError(f"calibration: unknown rep_measure {measure!r}")
         return cls(
             coef=tuple(float(c) for c in data["coef"]),
             intercept=float(data["intercept"]),
@@ -294,6 +320,7 @@ class Calibration:
             source=str(data.get("source", "")),
             metrics=dict(data.get("metrics", {})),
             waive_unlearnt_cka=bool(data.get("waive_unlearnt_cka", False)),
+            rep_measure=measure,
         )
 
     def save(self, path: Path) -> None:

@@ -7,10 +7,12 @@ Decision rule
 A pair of tasks *passes* when its min-over-layers CKA >= ``tau_rep``, its whole-encoder
 gradient cosine >= ``tau_grad`` and its conflict rate (share of samples with cosine < 0) <=
 ``rho`` (with ``waive_unlearnt_cka``, opt-in, a pair with a task whose single-task model learnt
-little is judged without its CKA: ``PairEvidence.cka_waived``). A group gets the verdict "MTL
-matches STL" when every pair in it passes; a singleton
-trivially matches (it is its own single-task model). Every verdict names its limiting evidence:
-the failing conditions, worst first ("tasks A, B: layer 6 CKA 0.41 < 0.60"), or, for a passing
+little is judged without its CKA: ``PairEvidence.cka_waived``; with ``rep_measure``
+"partial_cka", the CKA read is the min-over-layers partial CKA given the pretrained encoder,
+``PairEvidence.measure``, with its own thresholds, :func:`default_thresholds`). A group gets
+the verdict "MTL matches STL" when every pair in it passes; a singleton trivially matches (it
+is its own single-task model). Every verdict names its limiting evidence: the failing
+conditions, worst first ("tasks A, B: layer 6 CKA 0.41 < 0.60"), or, for a passing
 group, the weakest value of each condition.
 
 Two derived numbers rank pairs and groupings:
@@ -122,14 +124,41 @@ class Thresholds:
             raise ValueError(f"rho is a share of samples and must lie in [0, 1], got {self.rho}")
 
 
+def default_thresholds(measure: str = "cka") -> Thresholds:
+    """The fitted default thresholds of a representation measure (a key of REP_MEASURES): each
+    measure's CKA has its own scale (a partial CKA is near 0 where two models moved apart)."""
+    if measure not in REP_MEASURES:
+        raise ValueError(f"measure must be one of {', '.join(REP_MEASURES)}, got {measure!r}")
+    return _DEFAULT_THRESHOLDS[measure]
+
+
+#: The representation measures stage 4 can read (``AnalysisConfig.rep_measure``), as evidence names
+#: them: min-over-layers CKA (METHOD.md), or min-over-layers *partial* CKA given the pretrained
+#: encoder (``models.similarity.partial_cka``; README "How good is the verdict?").
+REP_MEASURES = {"cka": "CKA", "partial_cka": "partial CKA"}
+
+
+_DEFAULT_THRESHOLDS = {
+    # Fitted on 38 cases, 173 groups (bench/bench_quality.py report --ship).
+    "cka": Thresholds(tau_rep=0.125, tau_grad=-0.3, rho=1.0),
+    # The partial-CKA rule as written down before the cases that decided it ran
+    # (bench/results/partial_cka_prereg.json): fitted in sample on 22 cases, 109 groups.
+    "partial_cka": Thresholds(tau_rep=0.0, tau_grad=-0.275, rho=0.9),
+}
+
+
 @dataclass(frozen=True)
 class PairEvidence:
     """What stages 2 and 3 measured for one pair of tasks."""
 
     a: str
     b: str
-    cka_min: float  # min over layers of CKA
-    cka_min_layer: int  # layer where the min occurs (0 = embeddings)
+    # The representation similarity the verdict reads (``measure``): the min over layers of the
+    # pair's CKA, or of its partial CKA over the layers where both models moved.
+    cka_min: float
+    # Layer where the min occurs (0 = embeddings); None for a partial CKA with no layer where both
+    # models moved (``cka_min`` is then 1.0).
+    cka_min_layer: int | None
     grad_cosine: float  # whole-encoder mean gradient cosine
     conflict_rate: float  # share of samples with cosine < 0, in [0, 1]
     # True when the CKA condition is not read for this pair: one of its tasks' single-task models
@@ -137,10 +166,16 @@ class PairEvidence:
     # (``AnalysisConfig.waive_unlearnt_cka``). A model that learnt nothing has no accuracy to lose,
     # and its CKA compares a model that does not solve the task. The gradient conditions still hold.
     cka_waived: bool = False
+    measure: str = "cka"  # a key of REP_MEASURES
 
     def __post_init__(self) -> None:
         if self.a == self.b:
             raise ValueError(f"a pair needs two distinct tasks, got {self.a!r} twice")
+        if self.measure not in REP_MEASURES:
+            raise ValueError(
+                f"tasks {self.a}, {self.b}: measure {self.measure!r} is not one of "
+                f"{', '.join(REP_MEASURES)}"
+            )
         for name in ("cka_min", "grad_cosine", "conflict_rate"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"tasks {self.a}, {self.b}: {name} must be finite")
@@ -148,7 +183,10 @@ class PairEvidence:
             raise ValueError(
                 f"tasks {self.a}, {self.b}: conflict rate {self.conflict_rate} is not in [0, 1]"
             )
-        if self.cka_min_layer < 0:
+        if self.cka_min_layer is None:
+            if self.measure != "partial_cka":
+                raise ValueError(f"tasks {self.a}, {self.b}: a CKA minimum needs its layer")
+        elif self.cka_min_layer < 0:
             raise ValueError(f"tasks {self.a}, {self.b}: layer {self.cka_min_layer} is negative")
 
     @property
@@ -160,22 +198,32 @@ class PairEvidence:
     def affinity(self) -> float:
         """Pair affinity used for tie-breaks: 0.5 * cka_judged + 0.5 * grad_cosine.
 
-        Both terms are on a cosine-like scale (CKA in [0, 1], cosine in [-1, 1]); the conflict rate
-        is left out because it is a threshold condition, not a measure of closeness.
+        Both terms are on a cosine-like scale (CKA in [0, 1], partial CKA and cosine in [-1, 1]);
+        the conflict rate is left out because it is a threshold condition, not a measure of
+        closeness.
         """
         return 0.5 * self.cka_judged + 0.5 * self.grad_cosine
 
+    @property
+    def label(self) -> str:
+        """The measure's name in evidence sentences: "CKA" or "partial CKA"."""
+        return REP_MEASURES[self.measure]
+
     @classmethod
     def from_report(cls, report: Mapping[str, Any]) -> PairEvidence:
-        """The evidence of a pair from its entry in a recommendation's ``pairs``."""
+        """The evidence of a pair from its entry in a recommendation's ``pairs``: the measure its
+        ``rep_measure`` names (``cka_min``, or ``partial_cka_min``; "cka" when absent)."""
+        measure = report.get("rep_measure", "cka")
+        prefix = "partial_cka" if measure == "partial_cka" else "cka"
         return cls(
             a=report["tasks"][0],
             b=report["tasks"][1],
-            cka_min=report["cka_min"],
-            cka_min_layer=report["cka_min_layer"],
+            cka_min=report[f"{prefix}_min"],
+            cka_min_layer=report[f"{prefix}_min_layer"],
             grad_cosine=report["grad_cosine"],
             conflict_rate=report["conflict_rate"],
             cka_waived=bool(report.get("cka_waived", False)),
+            measure=measure,
         )
 
     def passes(self, th: Thresholds) -> bool:
@@ -208,7 +256,7 @@ def _pair_misses(ev: PairEvidence, th: Thresholds) -> list[tuple[float, str]]:
         misses.append(
             (
                 th.tau_rep - ev.cka_min,
-                f"tasks {ev.a}, {ev.b}: layer {ev.cka_min_layer} CKA {v} < {t}",
+                f"tasks {ev.a}, {ev.b}: {_where(ev)} {ev.label} {v} < {t}",
             )
         )
     if ev.grad_cosine < th.tau_grad:
@@ -367,6 +415,14 @@ def judge_group(tasks: Sequence[str], table: PairTable, th: Thresholds) -> Group
     return GroupVerdict(names, True, [_passing_sentence(pairs, th)], score, margin, shortfall)
 
 
+def _where(ev: PairEvidence) -> str:
+    """Where the pair's minimum lies: "layer 4", or, for a partial CKA no layer of which counts,
+    "no layer where both models moved" (its value is then 1.0)."""
+    if ev.cka_min_layer is None:
+        return "no layer where both models moved:"
+    return f"layer {ev.cka_min_layer}"
+
+
 def _passing_sentence(pairs: list[PairEvidence], th: Thresholds) -> str:
     read = [ev for ev in pairs if not ev.cka_waived]
     waived = len(pairs) - len(read)
@@ -374,25 +430,29 @@ def _passing_sentence(pairs: list[PairEvidence], th: Thresholds) -> str:
     conflict = max(pairs, key=lambda ev: ev.conflict_rate)
     g_v, g_t = _fmt_vs(grad.grad_cosine, th.tau_grad)
     r_v, r_t = _fmt_vs(conflict.conflict_rate, th.rho)
+    label = pairs[0].label
     if read:
         cka = min(read, key=lambda ev: ev.cka_min)
         c_v, c_t = _fmt_vs(cka.cka_min, th.tau_rep)
+        at = (
+            "no layer where both models moved"
+            if cka.cka_min_layer is None
+            else f"layer {cka.cka_min_layer}"
+        )
     if len(pairs) == 1:
         cka_part = (
-            f"min-layer CKA {c_v} (layer {cka.cka_min_layer}) >= {c_t}"
+            f"min-layer {label} {c_v} ({at}) >= {c_t}"
             if read
-            else "CKA not read (a task's single-task model learnt little)"
+            else f"{label} not read (a task's single-task model learnt little)"
         )
         return (
             f"the pair passes: {cka_part}; gradient cosine {g_v} >= {g_t}; "
             f"conflict rate {r_v} <= {r_t}"
         )
     if not read:
-        cka_part = "CKA not read (every pair has a task whose single-task model learnt little)"
+        cka_part = f"{label} not read (every pair has a task whose single-task model learnt little)"
     else:
-        cka_part = (
-            f"lowest min-layer CKA {c_v} ({cka.a}, {cka.b} at layer {cka.cka_min_layer}) >= {c_t}"
-        )
+        cka_part = f"lowest min-layer {label} {c_v} ({cka.a}, {cka.b} at {at}) >= {c_t}"
         if waived:
             cka_part += (
                 f" (not read on {waived} pair{'s' if waived > 1 else ''} with a task whose "

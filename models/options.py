@@ -89,6 +89,13 @@ class AnalysisConfig:
     # Stage 4: a pair with a task whose single-task model learnt little (stl.learnt false) is
     # judged without its CKA (PairEvidence.cka_waived; README "How good is the verdict?").
     waive_unlearnt_cka: bool = False
+    # Stage 4: the representation measure a pair's verdict reads (grouping.REP_MEASURES): "cka",
+    # min-over-layers CKA as METHOD.md has it, or "partial_cka", min-over-layers partial CKA given
+    # the pretrained encoder over the layers where both tasks' models moved at least
+    # partial_cka_move (models.similarity.partial_cka; README "How good is the verdict?"). Every
+    # pair report carries both; the thresholds must be the measure's (grouping.default_thresholds).
+    rep_measure: Literal["cka", "partial_cka"] = "cka"
+    partial_cka_move: float = 0.3
     min_class_count: int = 5
     val_fraction: float = 0.2
     max_groups: int | None = None
@@ -103,6 +110,17 @@ class AnalysisConfig:
     # Stage 5.
     verify_seeds: int = 1
     tolerance: float = 0.01  # one F1 point, as a fraction; the noise may widen it
+
+    def __post_init__(self) -> None:
+        if self.rep_measure not in ("cka", "partial_cka"):
+            raise ValueError(
+                f"rep_measure must be 'cka' or 'partial_cka', got {self.rep_measure!r}"
+            )
+        if not 0.0 < self.partial_cka_move <= 1.0:
+            raise ValueError(
+                f"partial_cka_move is a drop in CKA and must lie in (0, 1], got "
+                f"{self.partial_cka_move}"
+            )
 
 
 @dataclass

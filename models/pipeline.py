@@ -29,7 +29,7 @@ from models.gradients import AlignmentResult, gradient_alignment
 from models.options import LEARN_MARGIN, TRAINING_KEYS, JobSpec
 from models.registry import load_encoder, load_tokenizer
 from models.schema import Recommendation
-from models.similarity import cross_cka, layerwise_pairwise_cka
+from models.similarity import cross_cka, layerwise_pairwise_cka, partial_cka
 from models.training import (
     CancelCheck,
     TokenizedTask,
@@ -335,27 +335,40 @@ def pair_reports(
     if waive and learnt is None:
         raise ValueError("waive_unlearnt_cka needs to know which tasks' models learnt")
     unlearnt = {n for n, ok in (learnt or {}).items() if not ok} if waive else set()
+    measure = job.spec.analysis.rep_measure
     out = []
     for i, j in itertools.combinations(range(len(names)), 2):
         curve = sim.cka[:, i, j]
         low = int(np.argmin(curve))
+        partial = partial_cka(
+            curve.tolist(),
+            sim.to_pretrained[i].tolist(),
+            sim.to_pretrained[j].tolist(),
+            move=job.spec.analysis.partial_cka_move,
+        )
         ev = grp.PairEvidence(
             a=names[i],
             b=names[j],
-            cka_min=float(curve[low]),
-            cka_min_layer=low,
+            cka_min=partial.min if measure == "partial_cka" else float(curve[low]),
+            cka_min_layer=partial.min_layer if measure == "partial_cka" else low,
             grad_cosine=float(align.cos_whole[i, j]),
             conflict_rate=float(align.conflict_rate[i, j]),
             cka_waived=names[i] in unlearnt or names[j] in unlearnt,
+            measure=measure,
         )
         failures = grp.pair_failures(ev, th)
         out.append(
             {
                 "tasks": (names[i], names[j]),
+                "rep_measure": measure,
                 "cka_per_layer": [float(c) for c in curve],
-                "cka_min": ev.cka_min,
+                "cka_min": float(curve[low]),
                 "cka_min_layer": low,
                 "cka_mean": float(curve.mean()),
+                "partial_cka_per_layer": list(partial.per_layer),
+                "partial_cka_layers": list(partial.layers),
+                "partial_cka_min": partial.min,
+                "partial_cka_min_layer": partial.min_layer,
                 "grad_cosine": ev.grad_cosine,
                 "grad_cosine_per_layer": [float(c) for c in align.cos_per_layer[i, j]],
                 "conflict_rate": ev.conflict_rate,
@@ -398,7 +411,9 @@ def decide(job: PreparedJob, pairs: list[dict[str, Any]]) -> dict[str, Any]:
         cal = spec.analysis.calibration
         p_match = None
         if cal is not None and len(tasks) > 1:
-            p_match = cal.p_match(group_features(tasks, pairs, waive=cal.waive_unlearnt_cka))
+            p_match = cal.p_match(
+                group_features(tasks, pairs, waive=cal.waive_unlearnt_cka, measure=cal.rep_measure)
+            )
         groups[key] = {
             "tasks": list(tasks),
             "origin": origin,
@@ -520,6 +535,8 @@ def settings_report(job: PreparedJob, align: AlignmentResult) -> dict[str, Any]:
             "rho": a.thresholds.rho,
         },
         "waive_unlearnt_cka": a.waive_unlearnt_cka,
+        "rep_measure": a.rep_measure,
+        "partial_cka_move": a.partial_cka_move,
         "calibration": None
         if a.calibration is None
         else {

@@ -64,10 +64,36 @@ class TaskReport(_Model):
 
 class PairReport(_Model):
     tasks: tuple[str, str]
+    rep_measure: Literal["cka", "partial_cka"] = Field(
+        default="cka",
+        description="The representation measure the pair's verdict reads (setting rep_measure): "
+        "cka_min, or partial_cka_min.",
+    )
     cka_per_layer: list[float]
     cka_min: float
     cka_min_layer: int
     cka_mean: float
+    partial_cka_per_layer: list[float] | None = Field(
+        default=None,
+        description="Per layer, the partial CKA given the pretrained encoder: (C_ab - C_a C_b) / "
+        "sqrt((1 - C_a^2)(1 - C_b^2)), C_a being task a's model's CKA to the pretrained one "
+        "(cka_to_pretrained). How much of their drift from the shared start the two models "
+        "share: near 1 where they moved together, near 0 or below where apart. Clipped to "
+        "[-1, 1]. None: not recorded (older jobs).",
+    )
+    partial_cka_layers: list[int] | None = Field(
+        default=None,
+        description="The layers the partial CKA is read at: those where both models moved at "
+        "least partial_cka_move from the pretrained encoder (1 - cka_to_pretrained).",
+    )
+    partial_cka_min: float | None = Field(
+        default=None,
+        description="The smallest partial CKA over partial_cka_layers; 1.0 when there is none "
+        "(both models stayed near the shared encoder).",
+    )
+    partial_cka_min_layer: int | None = Field(
+        default=None, description="Where partial_cka_min occurs (None: no layer counted)."
+    )
     grad_cosine: float = Field(description="Mean whole-encoder gradient cosine.")
     grad_cosine_per_layer: list[float]
     conflict_rate: float = Field(description="Share of samples with whole-encoder cosine < 0.")
@@ -80,7 +106,8 @@ class PairReport(_Model):
     )
     tag_affinity: tuple[float, float] = Field(description="TAG lookahead affinity [a->b, b->a].")
     affinity: float = Field(
-        description="0.5 * cka_min (1.0 when cka_waived) + 0.5 * grad_cosine, used for tie-breaks."
+        description="0.5 * the measure's minimum (cka_min or partial_cka_min, as rep_measure "
+        "says; 1.0 when cka_waived) + 0.5 * grad_cosine, used for tie-breaks."
     )
     passes: bool
     failures: list[str]

@@ -1,4 +1,6 @@
-"""Representation similarity between models: linear CKA (stage 2 of the method).
+"""Representation similarity between models: linear CKA (stage 2 of the method), and the
+partial CKA of two fine-tuned models given their shared pretrained encoder (:func:`partial_cka`,
+which stage 4 reads with ``rep_measure`` "partial_cka").
 
 Centred kernel alignment (CKA; Kornblith et al. 2019, "Similarity of Neural Network
 Representations Revisited", ICML) compares two representations ``X`` (n x p) and ``Y`` (n x q) of
@@ -81,16 +83,20 @@ the full-data code path, so it reproduces the full result bit for bit.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 __all__ = [
     "CKAError",
+    "PartialCKA",
     "cross_cka",
     "layerwise_pairwise_cka",
     "linear_cka",
     "pairwise_cka",
+    "partial_cka",
 ]
 
 _F64 = torch.float64
@@ -329,6 +335,72 @@ def cross_cka(
     names = _names([*(f"reps[{t}]" for t in range(t_count)), "ref"], layered=True)
     out = _batched_cka(fill, reps.device, n_layers, t_count + 1, n, d, names, debiased)
     return out[:, t_count, :t_count].transpose(0, 1).contiguous()
+
+
+@dataclass(frozen=True)
+class PartialCKA:
+    """A pair's partial CKA given the pretrained encoder (:func:`partial_cka`)."""
+
+    per_layer: tuple[float, ...]  # every layer's value, counted or not
+    layers: tuple[int, ...]  # the layers where both models moved at least ``move``
+    min: float  # smallest value over ``layers``; 1.0 when none
+    min_layer: int | None  # where it occurs; None when no layer counts
+
+
+def partial_cka(
+    pair: Sequence[float],
+    to_pretrained_a: Sequence[float],
+    to_pretrained_b: Sequence[float],
+    *,
+    move: float,
+) -> PartialCKA:
+    """How much of their drift from the pretrained encoder two fine-tuned models share, per layer.
+
+    Reading CKA as a correlation, two models ``a`` and ``b`` that each drifted from the shared
+    pretrained encoder ``p`` independently have ``CKA(a, b) ~ CKA(a, p) CKA(b, p)``: the raw CKA
+    of two models that barely moved is high whatever their tasks. The partial form (the partial
+    correlation of ``a`` and ``b`` given ``p``)::
+
+        (C_ab - C_a C_b) / sqrt((1 - C_a^2)(1 - C_b^2))
+
+    with ``C_a = CKA(a, p)`` at the same layer, is near 1 where they moved together and near 0
+    or below where they moved apart. It is clipped to ``[-1, 1]`` (CKA is not exactly a
+    correlation, so the form can stray a little outside).
+
+    Only layers where *both* models moved at least ``move`` (``1 - C >= move``) count: where a
+    model barely moved, its drift is too small to have a direction, and the denominator tends to
+    0. A pair with no such layer gets ``min`` 1.0 (its models stayed by the shared encoder, so
+    sharing one should not cost them) and ``min_layer`` None.
+
+    Args:
+        pair: the pair's CKA per layer (``L + 1`` values).
+        to_pretrained_a, to_pretrained_b: each model's CKA to the pretrained encoder per layer.
+        move: in ``(0, 1]``.
+
+    Raises:
+        ValueError: lengths differ, a value is not finite, or ``move`` is outside ``(0, 1]``.
+    """
+    if not 0.0 < move <= 1.0:
+        raise ValueError(f"move is a drop in CKA and must lie in (0, 1], got {move}")
+    if not len(pair) == len(to_pretrained_a) == len(to_pretrained_b):
+        raise ValueError(
+            f"per-layer CKAs differ in length: pair {len(pair)}, to_pretrained "
+            f"{len(to_pretrained_a)} and {len(to_pretrained_b)}"
+        )
+    values: list[float] = []
+    layers: list[int] = []
+    for layer, (c, ca, cb) in enumerate(zip(pair, to_pretrained_a, to_pretrained_b, strict=True)):
+        c, ca, cb = float(c), float(ca), float(cb)
+        if not all(map(math.isfinite, (c, ca, cb))):
+            raise ValueError(f"layer {layer}: a CKA is not finite ({c}, {ca}, {cb})")
+        spread = math.sqrt(max((1.0 - ca * ca) * (1.0 - cb * cb), 1e-12))
+        values.append(min(1.0, max(-1.0, (c - ca * cb) / spread)))
+        if 1.0 - ca >= move and 1.0 - cb >= move:
+            layers.append(layer)
+    if not layers:
+        return PartialCKA(tuple(values), (), 1.0, None)
+    low = min(layers, key=lambda k: (values[k], k))
+    return PartialCKA(tuple(values), tuple(layers), values[low], low)
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,12 +51,22 @@ def render(rec: dict[str, Any]) -> str:
         if len(g["evidence"]) > 4:
             lines.append(f"      - ... and {len(g['evidence']) - 4} more")
     lines.append("")
-    lines.append("Pairs:  min-CKA (layer)  mean-CKA  grad-cos  conflicts  TAG x1000 a->b / b->a")
+    partial = any(p.get("rep_measure") == "partial_cka" for p in rec["pairs"])
+    lines.append(
+        "Pairs:  "
+        + ("min-partial-CKA (layer)  " if partial else "")
+        + "min-CKA (layer)  mean-CKA  grad-cos  conflicts  TAG x1000 a->b / b->a"
+    )
     for p in rec["pairs"]:
         a, b = p["tasks"]
         ok = "ok" if p["passes"] else "x "
+        judged = ""
+        if partial:
+            layer = p.get("partial_cka_min_layer")
+            judged = f"{p['partial_cka_min']:+.2f} ({'-' if layer is None else f'L{layer}'})  "
         lines.append(
-            f"  {ok} {a} / {b}: {p['cka_min']:.2f} (L{p['cka_min_layer']})  {p['cka_mean']:.2f}"
+            f"  {ok} {a} / {b}: {judged}{p['cka_min']:.2f} (L{p['cka_min_layer']})"
+            f"  {p['cka_mean']:.2f}"
             f"  {p['grad_cosine']:+.2f}  {100 * p['conflict_rate']:.0f}%"
             f"  {1000 * p['tag_affinity'][0]:+.2f} / {1000 * p['tag_affinity'][1]:+.2f}"
             + ("  (CKA not read: a task learnt little)" if p.get("cka_waived") else "")

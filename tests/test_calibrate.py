@@ -45,9 +45,15 @@ def _pair(a: str, b: str, cka: float, grad: float) -> dict[str, Any]:
 
 
 def _verified_job(
-    session: Session, dataset_id: str, cka: float, matches: bool, learnt: bool | None = True
+    session: Session,
+    dataset_id: str,
+    cka: float,
+    matches: bool,
+    learnt: bool | None = True,
+    partial: float | None = None,
 ) -> None:
-    """A succeeded job whose recommendation verified its pair (a, b)."""
+    """A succeeded job whose recommendation verified its pair (a, b); ``partial``: the pair's
+    partial CKA, when it recorded one."""
     dataset = repo.create_dataset(
         session=session,
         owner="alice",
@@ -71,7 +77,12 @@ def _verified_job(
     )
     assert repo.finish_job(session=session, job_id=job.id, status="succeeded")
     body: dict[str, Any] = {
-        "pairs": [_pair("a", "b", cka, 0.1)],
+        "pairs": [
+            {
+                **_pair("a", "b", cka, 0.1),
+                **({} if partial is None else {"partial_cka_min": partial}),
+            }
+        ],
         "verification": [{"tasks": ["a", "b"], "matches": matches}],
     }
     if learnt is not None:  # None: stored before task reports said whether a model learnt
@@ -124,6 +135,37 @@ def test_calibrate_dry_run_stores_nothing(
     metrics = json.loads(capsys.readouterr().out)["calibration"]["metrics"]
     assert metrics["held_out"]["n_groups"] == 12
     assert "held_out_learnt_groups" not in metrics
+
+
+def test_calibrate_fits_the_view_of_the_measure_in_force(
+    db: tuple[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With rep_measure "partial_cka" the refit reads each pair's partial_cka_min; jobs stored
+    before their pairs recorded it are left out, and the stored calibration names its view."""
+    _, sessionmaker = db
+    _fill(sessionmaker, 6)  # older jobs: no partial CKA recorded
+    rng = np.random.default_rng(1)
+    with sessionmaker() as session:
+        for k in range(24):
+            partial = float(rng.uniform(-0.5, 1.0))
+            _verified_job(session, f"p{k % 3}", 0.9, partial >= 0.0, partial=partial)
+        session.commit()
+    monkeypatch.setenv("TASKGROUPER_REP_MEASURE", "partial_cka")
+    get_settings.cache_clear()
+    assert main(["calibrate", "--min-groups", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "fitted p_match on 24 verified groups" in out and "partial_cka evidence" in out
+    assert "left out 6 job(s)" in out
+    with sessionmaker() as session:
+        row = repo.latest_calibration(session=session)
+        assert row is not None
+        cal = Calibration.from_dict(row.body)
+    assert cal.rep_measure == "partial_cka"
+    moved_apart = {"cka_min": -0.4, "cka_mean": 0.9, "grad_cosine": 0.1, "conflict_rate": 0.0}
+    together = {**moved_apart, "cka_min": 0.8}
+    assert (
+        cal.p_match({**together, "n_tasks": 2}) > 0.5 > cal.p_match({**moved_apart, "n_tasks": 2})
+    )
 
 
 def test_calibrate_refuses_too_little_data(

@@ -94,6 +94,27 @@ def test_group_features_read_a_waived_pair_as_the_verdict_does() -> None:
     assert group_features(["a", "b", "c"], unmarked, waive=True) == plain
 
 
+def test_group_features_read_the_partial_cka_in_that_view() -> None:
+    pairs = [
+        {**_pair("a", "b", 0.8, 0.2, 0.1), "partial_cka_min": 0.3},
+        {**_pair("a", "c", 0.5, 0.3, 0.4), "partial_cka_min": -0.2, "cka_waived": True},
+        {**_pair("b", "c", 0.6, -0.1, 0.2), "partial_cka_min": 1.0},
+    ]
+    f = group_features(["a", "b", "c"], pairs, measure="partial_cka")
+    plain = group_features(["a", "b", "c"], pairs)
+    assert f["cka_min"] == -0.2 and plain["cka_min"] == 0.5
+    assert {k: v for k, v in f.items() if k != "cka_min"} == {
+        k: v for k, v in plain.items() if k != "cka_min"
+    }
+    assert group_features(["a", "b", "c"], pairs, measure="partial_cka", waive=True)[
+        "cka_min"
+    ] == pytest.approx(0.3)
+    with pytest.raises(CalibrationError, match="did not record partial_cka_min"):
+        group_features(["a", "b"], [_pair("a", "b", 0.8, 0.2)], measure="partial_cka")
+    with pytest.raises(CalibrationError, match="measure"):
+        group_features(["a", "b"], pairs, measure="svcca")
+
+
 def test_group_features_need_every_pair() -> None:
     with pytest.raises(CalibrationError, match="needs evidence for all 3 pairs, got 2"):
         group_features(["a", "b", "c"], [_pair("a", "b", 0.8, 0.2), _pair("a", "c", 0.5, 0.3)])
@@ -242,6 +263,10 @@ def test_calibration_round_trips_through_json(tmp_path: Path) -> None:
     assert Calibration.from_dict(waived.to_dict()) == waived
     old = {k: v for k, v in cal.to_dict().items() if k != "waive_unlearnt_cka"}
     assert Calibration.from_dict(old) == cal  # files written before the field: the plain view
+    partial = dataclasses.replace(cal, rep_measure="partial_cka")
+    assert Calibration.from_dict(partial.to_dict()) == partial
+    with pytest.raises(CalibrationError, match="rep_measure"):
+        Calibration.from_dict({**cal.to_dict(), "rep_measure": "svcca"})
     with pytest.raises(CalibrationError, match="unknown feature"):
         Calibration.from_dict({**cal.to_dict(), "features": ["cka_min", "x", "y", "z", "w"]})
     with pytest.raises(CalibrationError, match="scale"):
@@ -297,6 +322,7 @@ def test_the_shipped_calibration_loads_and_is_the_default() -> None:
     # evidence the default verdict reads.
     assert Thresholds(**cal.metrics["fitted_thresholds"]) == Thresholds()
     assert cal.waive_unlearnt_cka == AnalysisConfig().waive_unlearnt_cka
+    assert cal.rep_measure == AnalysisConfig().rep_measure
 
 
 def test_observation_helper_matches_group_features() -> None:

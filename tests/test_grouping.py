@@ -21,6 +21,7 @@ from models.grouping import (
     PairTable,
     Thresholds,
     bell_number,
+    default_thresholds,
     exhaustive_grouping,
     grouping_beats,
     heuristic_grouping,
@@ -34,6 +35,7 @@ from models.grouping import (
     score_candidates,
     set_partitions,
 )
+from models.options import AnalysisConfig
 
 TH = Thresholds(tau_rep=0.6, tau_grad=0.1, rho=0.3)  # fixed: the tests do not follow the defaults
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +113,46 @@ def test_a_waived_pair_is_judged_on_its_gradients_alone() -> None:
     }
     assert not PairEvidence.from_report(report).cka_waived  # reports made before the waiver
     assert PairEvidence.from_report({**report, "cka_waived": True}) == low
+
+
+def test_a_partial_cka_pair_names_its_measure_and_reads_its_own_report_keys() -> None:
+    th = Thresholds(tau_rep=0.0, tau_grad=-0.3, rho=0.9)
+    apart = PairEvidence("A", "B", -0.13, 4, 0.01, 0.5, measure="partial_cka")
+    assert apart.label == "partial CKA"
+    assert pair_failures(apart, th) == ["tasks A, B: layer 4 partial CKA -0.13 < 0.00"]
+    report = {
+        "tasks": ["A", "B"],
+        "rep_measure": "partial_cka",
+        "cka_min": 0.62,
+        "cka_min_layer": 6,
+        "partial_cka_min": -0.13,
+        "partial_cka_min_layer": 4,
+        "grad_cosine": 0.01,
+        "conflict_rate": 0.5,
+    }
+    assert PairEvidence.from_report(report) == apart
+    assert PairEvidence.from_report({**report, "rep_measure": "cka"}).cka_min == 0.62
+    # No layer where both models moved: the partial CKA is 1.0 and says where it was not read.
+    still = PairEvidence("A", "B", 1.0, None, 0.01, 0.5, measure="partial_cka")
+    verdict = judge_group(["A", "B"], PairTable.from_pairs(["A", "B"], [still]), th)
+    assert verdict.matches
+    assert verdict.evidence[0].startswith(
+        "the pair passes: min-layer partial CKA 1.00 (no layer where both models moved) >= 0.00"
+    )
+    with pytest.raises(ValueError, match="needs its layer"):
+        PairEvidence("A", "B", 1.0, None, 0.01, 0.5)
+    with pytest.raises(ValueError, match="measure 'svcca'"):
+        PairEvidence("A", "B", 1.0, 2, 0.01, 0.5, measure="svcca")
+
+
+def test_each_measure_has_its_own_default_thresholds() -> None:
+    assert default_thresholds("cka") == Thresholds(tau_rep=0.125, tau_grad=-0.3, rho=1.0)
+    # The engine's defaults are those of its default measure.
+    assert default_thresholds(AnalysisConfig().rep_measure) == AnalysisConfig().thresholds
+    assert AnalysisConfig().thresholds == Thresholds()
+    assert default_thresholds("partial_cka") == Thresholds(tau_rep=0.0, tau_grad=-0.275, rho=0.9)
+    with pytest.raises(ValueError, match="measure"):
+        default_thresholds("svcca")
 
 
 @settings(max_examples=200, deadline=None)

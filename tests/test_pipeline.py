@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from models.calibration import group_features
-from models.grouping import Thresholds
+from models.grouping import PairEvidence, Thresholds
 from models.options import (
     LEARN_MARGIN,
     AnalysisConfig,
@@ -20,6 +20,7 @@ from models.options import (
     TrainingConfig,
 )
 from models.pipeline import STAGES, run_job
+from models.similarity import partial_cka
 from models.synth import SynthSpec, generate
 from models.training import JobCancelled
 
@@ -239,3 +240,39 @@ def test_each_task_is_judged_against_its_chance_baseline(tiny_bert: Path, weight
     (note,) = [n for n in notes if n.startswith("task noise:")]
     assert "always 'common', or guessing" in note
     assert ("class_weights" in note) == (weights == "none")  # advice not already taken
+
+
+def test_a_job_can_judge_pairs_on_their_partial_cka(tiny_bert: Path) -> None:
+    """With rep_measure "partial_cka" every pair report carries both measures, the verdict reads
+    the partial one (computed from the reported CKAs as models.similarity.partial_cka does) and
+    names it; p_match still reads the view its calibration was fitted on."""
+    loose = Thresholds(tau_rep=0.0, tau_grad=-1.0, rho=1.0)  # only the partial CKA can fail
+    analysis = dataclasses.replace(
+        ANALYSIS, thresholds=loose, rep_measure="partial_cka", partial_cka_move=0.02
+    )
+    rec = run_job(dataclasses.replace(_spec(tiny_bert), analysis=analysis))
+    assert rec["settings"]["rep_measure"] == "partial_cka"
+    assert rec["settings"]["partial_cka_move"] == 0.02
+    drift = {t["name"]: t["cka_to_pretrained"] for t in rec["tasks"]}
+    # One epoch moves the tiny models a little, some more than 0.02 (read), some less (not).
+    read = [bool(p["partial_cka_layers"]) for p in rec["pairs"]]
+    assert any(read) and not all(read), [t["cka_to_pretrained"] for t in rec["tasks"]]
+    for p in rec["pairs"]:
+        a, b = p["tasks"]
+        want = partial_cka(p["cka_per_layer"], drift[a], drift[b], move=0.02)
+        assert p["rep_measure"] == "partial_cka"
+        assert p["partial_cka_per_layer"] == pytest.approx(list(want.per_layer))
+        assert p["partial_cka_layers"] == list(want.layers)
+        assert (p["partial_cka_min"], p["partial_cka_min_layer"]) == (want.min, want.min_layer)
+        assert p["cka_min"] == min(p["cka_per_layer"])  # the raw measure is still reported
+        ev = PairEvidence.from_report(p)
+        assert ev.cka_min == want.min and ev.measure == "partial_cka"
+        assert p["passes"] is (want.min >= 0.0)
+        assert p["affinity"] == pytest.approx(0.5 * want.min + 0.5 * p["grad_cosine"])
+    cal = analysis.calibration
+    assert cal is not None and cal.rep_measure == "cka"
+    for g in rec["groups"]:
+        if len(g["tasks"]) > 1:
+            assert all("partial CKA" in e for e in g["evidence"])
+            plain = group_features(g["tasks"], rec["pairs"])
+            assert g["p_match"] == pytest.approx(cal.p_match(plain))

