@@ -984,6 +984,10 @@ def run_fast(case: Case, fraction: float, device: str = "cpu") -> dict[str, Any]
         "stl_steps": {n: steps_per_task(len(job.tokenized[n].train_ids), capped) for n in tasks},
         "stl": {n: job.stl[n][0].macro_f1 for n in tasks},
         "pairs": [{k: p[k] for k in PAIR_KEYS} for p in rec["pairs"]],
+        # How far each early-stopped model moved: the partial CKA's view reads it.
+        "tasks": [
+            {"name": t["name"], "cka_to_pretrained": t["cka_to_pretrained"]} for t in rec["tasks"]
+        ],
         "alignment": rec["settings"]["alignment"],
         "timings": {"finetune": finetune_s, **rec["timings"]},
     }

@@ -169,13 +169,51 @@ ENGINE_WAIVES = AnalysisConfig.waive_unlearnt_cka
 """Whether the engine's default verdict waives the CKA of pairs with a task that learnt little
 (``AnalysisConfig.waive_unlearnt_cka``); the report then judges its shipped fit the same way."""
 
+ENGINE_MEASURE = AnalysisConfig.rep_measure
+ENGINE_MOVE = AnalysisConfig.partial_cka_move
+"""The representation measure the engine's default verdict reads (``AnalysisConfig.rep_measure``,
+``partial_cka_move``); the report judges its shipped fit on the same view."""
+
+
+def measure_view(
+    case: dict[str, Any], measure: str | None = None, move: float | None = None
+) -> dict[str, Any] | None:
+    """``case`` with every pair's ``cka_min`` the measure ``measure`` reads: unchanged for "cka";
+    for "partial_cka", the pair's partial CKA (``models.similarity.partial_cka`` at ``move``),
+    in the full evidence and, where fast mode stored how far its models moved, in fast mode's
+    (else fast mode's evidence is marked ``unjudged``). None when the case did not store how far
+    its models moved (it cannot be read on that view). A copy; ``case`` unchanged. ``measure``
+    and ``move`` default to the engine's (:data:`ENGINE_MEASURE`, :data:`ENGINE_MOVE`)."""
+    measure = ENGINE_MEASURE if measure is None else measure
+    move = ENGINE_MOVE if move is None else move
+    if measure == "cka":
+        return case
+    if partial_cka_min(case, case["tasks"][:2], move) is None:
+        return None
+    out = with_pair_cka(case, lambda c, tasks: partial_cka_min(c, tasks, move))
+    fast = case.get("fast")
+    if fast:
+        if fast.get("tasks"):
+            view = {"recommendation": {"tasks": fast["tasks"], "pairs": fast["pairs"]}}
+            pairs = [
+                {**p, "cka_min": partial_cka_min(view, list(p["tasks"]), move)}
+                for p in fast["pairs"]
+            ]
+            out["fast"] = {**fast, "pairs": pairs}
+        else:
+            out["fast"] = {**fast, "unjudged": True}
+    return out
+
 
 def engine_view(case: dict[str, Any], waive: bool = ENGINE_WAIVES) -> dict[str, Any]:
-    """``case`` as the engine's default verdict reads it: with ``waive``, every pair with a task
-    whose seed-0 single-task model did not learn (macro-F1 below its chance baseline +
-    ``LEARN_MARGIN``, the service's ``stl.learnt``) marked ``cka_waived``, in the full evidence
-    and in fast mode's (by fast mode's own models). A copy; ``case`` unchanged. Unchanged when
-    ``waive`` is off or the case has no baselines."""
+    """``case`` as the engine's default verdict reads it: on its measure (:func:`measure_view`;
+    the case unchanged where it cannot be read on it: :func:`engine_readable` tells) and, with
+    ``waive``, every pair with a task whose seed-0 single-task model did not learn (macro-F1
+    below its chance baseline + ``LEARN_MARGIN``, the service's ``stl.learnt``) marked
+    ``cka_waived``, in the full evidence and in fast mode's (by fast mode's own models). A copy;
+    ``case`` unchanged. Unchanged when the measure is CKA and ``waive`` is off or the case has
+    no baselines."""
+    case = measure_view(case) or case
     if not waive or case.get("stl_baseline") is None:
         return case
 
@@ -435,10 +473,15 @@ def family(case: dict[str, Any]) -> str:
 def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
     """Held-out scores, thresholds fitted on all, per-case rows and fast mode, for ``cases``, read
     as the engine's default verdict reads them (:func:`engine_view`); the comparisons of other
-    features (seed floor, partial CKA, learnt pairs) read the raw evidence."""
+    features (seed floor, partial CKA, learnt pairs) read the raw evidence. Cases that cannot be
+    read on the engine's measure are left out (``not_on_engine_measure``)."""
+    unread = [c["case"] for c in cases if measure_view(c) is None]
+    cases = [c for c in cases if c["case"] not in unread]
     judged = [engine_view(c) for c in cases]
     obs = [o for case in judged for o in case_observations(case)]
     out: dict[str, Any] = {"label": label, "cases": [c["case"] for c in cases]}
+    if unread:
+        out["not_on_engine_measure"] = unread
     try:
         held = leave_one_dataset_out(obs)
         folds = fold_thresholds(obs)
@@ -490,6 +533,7 @@ def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
     out["calibration"] = dataclasses.replace(
         cal,
         waive_unlearnt_cka=ENGINE_WAIVES,
+        rep_measure=ENGINE_MEASURE,
         metrics={
             "held_out": out["held_out"],
             "fitted_thresholds": out["fitted_thresholds"],
@@ -707,9 +751,10 @@ def partial_cka_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None
 
 def evaluate_fast(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Fast mode's held-out scores against the full evidence's, on the same cases."""
-    fast_cases = [c for c in cases if c.get("fast")]
+    fast_cases = [c for c in cases if c.get("fast") and not c["fast"].get("unjudged")]
+    unjudged = sum(bool(c.get("fast") and c["fast"].get("unjudged")) for c in cases)
     if len({c["dataset"] for c in fast_cases}) < 2:
-        return None
+        return {"unjudged": unjudged} if unjudged else None
     fast_obs = [o for c in fast_cases for o in case_observations(c, fast=True)]
     same_obs = [o for c in fast_cases for o in case_observations(c)]
     try:
@@ -792,7 +837,7 @@ def shipped_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any]:
     rows = []
     obs: list[Observation] = []
     for case in cases:
-        if family(case) != SHIPPED_FAMILY or case["dataset"] in seen:
+        if family(case) != SHIPPED_FAMILY or case["dataset"] in seen or not measure_view(case):
             continue
         for o in case_observations(engine_view(case)):
             values = {
@@ -1194,6 +1239,15 @@ def print_unseen(part: dict[str, Any]) -> None:
 
 def print_tables(part: dict[str, Any]) -> None:
     print(f"\n== {part['label']} ({len(part['cases'])} cases)")
+    print(
+        f"the engine's verdict: {ENGINE_MEASURE}"
+        + (f" (partial_cka_move {ENGINE_MOVE:g})" if ENGINE_MEASURE == "partial_cka" else "")
+    )
+    if part.get("not_on_engine_measure"):
+        print(
+            "left out, no record of how far their models moved: "
+            + ", ".join(part["not_on_engine_measure"])
+        )
     if "error" in part:
         print(f"  not fitted: {part['error']}")
         return
@@ -1270,6 +1324,11 @@ def print_tables(part: dict[str, Any]) -> None:
             f"(full: {fmt(g['balanced_accuracy_thresholds'])}), p_match "
             f"{fmt(f['balanced_accuracy_p_match'])} (full: {fmt(g['balanced_accuracy_p_match'])})"
             f", Brier {fmt(f['brier_p_match'], '.3f')} (full: {fmt(g['brier_p_match'], '.3f')})"
+        )
+    elif fast and fast.get("unjudged"):
+        print(
+            f"fast mode: not judged on the engine's measure ({fast['unjudged']} cases' fast runs "
+            f"did not record how far their models moved; `bench_quality.py fast --again` does)"
         )
     partial = part.get("partial_cka")
     if partial and "error" not in partial:

@@ -556,6 +556,33 @@ def test_learnt_pairs_cka_skips_pairs_with_a_task_that_did_not_learn() -> None:
     assert case["recommendation"]["pairs"][1]["cka_min"] == 0.2  # the case itself is unchanged
 
 
+def test_the_measure_view_reads_each_pair_s_partial_cka_where_the_case_recorded_the_drift(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    drift = {t: [1.0, 0.6] for t in TASKS}
+    case = _drifted(_case("d", ab=1.0, ac=0.36, bc=0.68), drift)
+    assert qr.measure_view(case, "cka") is case
+    view = qr.measure_view(case, "partial_cka", 0.2)
+    assert view is not None
+    got = {frozenset(p["tasks"]): p["cka_min"] for p in view["recommendation"]["pairs"]}
+    assert got[frozenset("ab")] == pytest.approx(1.0)
+    assert got[frozenset("ac")] == pytest.approx(0.0, abs=1e-9)
+    assert got[frozenset("bc")] == pytest.approx((0.68 - 0.36) / 0.64)
+    assert case["recommendation"]["pairs"][1]["cka_min"] == 0.36  # the case is unchanged
+    # Fast mode's evidence is read on its own drift, or marked unjudged without it.
+    case["fast"] = {"pairs": [dict(p) for p in case["recommendation"]["pairs"]]}
+    assert qr.measure_view(case, "partial_cka", 0.2)["fast"]["unjudged"]  # type: ignore[index]
+    case["fast"]["tasks"] = [{"name": t, "cka_to_pretrained": [1.0, 0.9]} for t in TASKS]
+    fast = qr.measure_view(case, "partial_cka", 0.2)["fast"]  # type: ignore[index]
+    assert "unjudged" not in fast and {p["cka_min"] for p in fast["pairs"]} == {1.0}  # 0.1 < 0.2
+    # The engine's own view follows its default measure; a case without the drift has none.
+    monkeypatch.setattr(qr, "ENGINE_MEASURE", "partial_cka")
+    assert qr.measure_view(case) is not None
+    del case["recommendation"]["tasks"]
+    assert qr.measure_view(case) is None
+    assert qr.engine_view(case) is case
+
+
 def test_the_engine_view_waives_the_pairs_of_a_task_that_did_not_learn() -> None:
     case = _case("d1", 0.9, 0.2, 0.3)
     assert qr.engine_view(case, waive=True) is case  # no baselines: nothing to read
