@@ -140,7 +140,8 @@ def _report_responses() -> dict[int | str, dict[str, Any]]:
     response_class=HTMLResponse,
     summary="The recommendation as a report page (HTML)",
     response_description="An HTML page (works offline: SVG charts made on the server).",
-    description="The verdict and grouping in one sentence; T x T heatmaps of min-layer CKA and "
+    description="The verdict and grouping in one sentence; T x T heatmaps of min-layer CKA (the "
+    "partial CKA where the verdict reads it: setting rep_measure) and "
     "of gradient cosine (tasks ordered by group, group borders drawn); CKA over layers for "
     "every pair with the limiting layer marked; the single-task metrics; the candidate task "
     "sets scored; with `verify`, the measured multi-task versus single-task deltas beside the "
@@ -183,7 +184,8 @@ def get_report(
     name="get_heatmap",
     summary="A heatmap of the report as an SVG file",
     response_description="An SVG image (`image/svg+xml`), sent as a download.",
-    description="`metric` is `cka` (min-layer CKA) or `grad` (gradient cosine): the heatmap of "
+    description="`metric` is `cka` (min-layer CKA, or partial CKA where the verdict reads it) or "
+    "`grad` (gradient cosine): the heatmap of "
     "the report page, one cell per task pair, tasks ordered by group.",
     responses={
         **error_responses(401, 404, 409, 422),
@@ -194,7 +196,10 @@ def get_heatmap(
     job_id: JobIdDep,
     metric: Annotated[
         Literal["cka", "grad"],
-        Path(description="`cka` (min-layer CKA) or `grad` (gradient cosine)."),
+        Path(
+            description="`cka` (min-layer CKA, or partial CKA where the verdict reads it) or "
+            "`grad` (gradient cosine)."
+        ),
     ],
     owner: ReaderOwner,
     session: SessionDep,
