@@ -103,20 +103,15 @@ class _Scale:
 
 def _partial(pair: PairReport) -> bool:
     """Whether the pair's verdict reads its partial CKA (setting rep_measure), recorded."""
-    return pair.rep_measure == "partial_cka" and pair.partial_cka_per_layer is not None
+    return _judged(pair)[0] != "CKA"
 
 
 def _judged(pair: PairReport) -> tuple[str, list[float], float, int | None]:
     """The representation measure the pair's verdict reads: its name, per-layer values, minimum
     and the minimum's layer (None: a partial CKA no layer of which counts)."""
-    if _partial(pair):
-        assert pair.partial_cka_per_layer is not None and pair.partial_cka_min is not None
-        return (
-            "partial CKA",
-            pair.partial_cka_per_layer,
-            pair.partial_cka_min,
-            pair.partial_cka_min_layer,
-        )
+    values, low = pair.partial_cka_per_layer, pair.partial_cka_min
+    if pair.rep_measure == "partial_cka" and values is not None and low is not None:
+        return "partial CKA", values, low, pair.partial_cka_min_layer
     return "CKA", pair.cka_per_layer, pair.cka_min, pair.cka_min_layer
 
 
