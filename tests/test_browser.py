@@ -143,9 +143,15 @@ def test_the_report_page_of_a_finished_job(live: LiveServer, finished: str, page
         assert seen == expected
         borders = p.locator(f"#heatmap-{metric} polygon.group-border")
         assert borders.count() == len(rec.grouping)
-    # One CKA curve per pair, the limiting layer marked on each.
+    # One CKA curve per pair, the limiting layer marked on each that has one (a partial CKA no
+    # layer of which counts has none: its curve says "no layer read").
     assert p.locator("svg.cka-curve").count() == len(expected)
-    assert p.locator("svg.cka-curve circle.limiting").count() == len(expected)
+    limited = sum(
+        pair.rep_measure != "partial_cka" or pair.partial_cka_min_layer is not None
+        for pair in rec.pairs
+    )
+    assert p.locator("svg.cka-curve circle.limiting").count() == limited
+    assert p.locator("svg.cka-curve text.unread").count() == len(expected) - limited
     # Per-task STL metrics, the candidate set, the verification deltas.
     assert p.locator("table.tasks tr.task").count() == len(TASKS)
     assert p.locator("table.candidates tr.candidate").count() == 1
