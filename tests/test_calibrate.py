@@ -51,9 +51,11 @@ def _verified_job(
     matches: bool,
     learnt: bool | None = True,
     partial: float | None = None,
+    recorded: bool = True,
 ) -> None:
     """A succeeded job whose recommendation verified its pair (a, b); ``partial``: the pair's
-    partial CKA, when it recorded one."""
+    partial CKA (default: its CKA), unless the job was stored before pairs recorded one
+    (``recorded`` false)."""
     dataset = repo.create_dataset(
         session=session,
         owner="alice",
@@ -80,7 +82,7 @@ def _verified_job(
         "pairs": [
             {
                 **_pair("a", "b", cka, 0.1),
-                **({} if partial is None else {"partial_cka_min": partial}),
+                **({"partial_cka_min": cka if partial is None else partial} if recorded else {}),
             }
         ],
         "verification": [{"tasks": ["a", "b"], "matches": matches}],
@@ -90,13 +92,13 @@ def _verified_job(
     repo.save_recommendation(session=session, job_id=job.id, body=body)
 
 
-def _fill(sessionmaker: Any, n: int, *, known: bool = True) -> None:
+def _fill(sessionmaker: Any, n: int, *, known: bool = True, recorded: bool = True) -> None:
     rng = np.random.default_rng(0)
     with sessionmaker() as session:
         for k in range(n):
             cka = float(rng.uniform(0, 1))
             learnt = k % 5 != 0 if known else None
-            _verified_job(session, f"d{k % 3}", cka, cka >= 0.5, learnt=learnt)
+            _verified_job(session, f"d{k % 3}", cka, cka >= 0.5, learnt=learnt, recorded=recorded)
         session.commit()
 
 
@@ -143,7 +145,7 @@ def test_calibrate_fits_the_view_of_the_measure_in_force(
     """With rep_measure "partial_cka" the refit reads each pair's partial_cka_min; jobs stored
     before their pairs recorded it are left out, and the stored calibration names its view."""
     _, sessionmaker = db
-    _fill(sessionmaker, 6)  # older jobs: no partial CKA recorded
+    _fill(sessionmaker, 6, recorded=False)  # older jobs: no partial CKA recorded
     rng = np.random.default_rng(1)
     with sessionmaker() as session:
         for k in range(24):

@@ -63,6 +63,10 @@ def _analyze(data: Path, tasks: list[str], model: Path, out: Path, *extra: str) 
             "0",
             "--device",
             "cpu",
+            # These thresholds are on raw CKA's scale (the tiny encoder is randomly initialised:
+            # the partial CKA, read against it, is not what the engine's default is fitted for).
+            "--rep-measure",
+            "cka",
             "--tau-rep",
             "0.3",
             "--tau-grad",
