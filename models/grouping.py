@@ -104,14 +104,15 @@ _SINGLETON_EVIDENCE = "a single task is its own single-task model"
 class Thresholds:
     """The decision thresholds of a pair (METHOD.md stage 4)."""
 
-    # Defaults fitted on the quality benchmark's verified groups of the pretrained encoder
-    # (bench/bench_quality.py report --ship, 38 cases; README "How good is the verdict?"). The
-    # gradient cosines did not separate matching from losing groups there (every |cosine| < 0.15),
-    # nor did the conflict rate, so the fit leaves tau_grad loose and rho at 1.0 (the conflict
-    # rate never fails a pair by default): the verdict rests on CKA.
-    tau_rep: float = 0.125  # min-over-layers CKA a pair needs
-    tau_grad: float = -0.3  # whole-encoder gradient cosine a pair needs
-    rho: float = 1.0  # max conflict rate (share of samples with cosine < 0)
+    # Defaults: those of the engine's default measure, the partial CKA (AnalysisConfig.rep_measure;
+    # default_thresholds gives each measure's). They are the partial-CKA rule as written down
+    # before the cases that decided its adoption ran (bench/results/partial_cka_prereg.json: fitted
+    # in sample on 22 cases, 109 groups; README "How good is the verdict?"). The gradient cosines
+    # barely separate matching from losing groups (every |cosine| < 0.15), so tau_grad is loose and
+    # rho near 1: the verdict rests on the representations.
+    tau_rep: float = 0.0  # min-over-layers (partial) CKA a pair needs
+    tau_grad: float = -0.275  # whole-encoder gradient cosine a pair needs
+    rho: float = 0.9  # max conflict rate (share of samples with cosine < 0)
 
     def __post_init__(self) -> None:
         for name in ("tau_rep", "tau_grad", "rho"):
@@ -143,7 +144,7 @@ _DEFAULT_THRESHOLDS = {
     "cka": Thresholds(tau_rep=0.125, tau_grad=-0.3, rho=1.0),
     # The partial-CKA rule as written down before the cases that decided it ran
     # (bench/results/partial_cka_prereg.json): fitted in sample on 22 cases, 109 groups.
-    "partial_cka": Thresholds(tau_rep=0.0, tau_grad=-0.275, rho=0.9),
+    "partial_cka": Thresholds(),
 }
 
 

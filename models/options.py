@@ -89,12 +89,14 @@ class AnalysisConfig:
     # Stage 4: a pair with a task whose single-task model learnt little (stl.learnt false) is
     # judged without its CKA (PairEvidence.cka_waived; README "How good is the verdict?").
     waive_unlearnt_cka: bool = False
-    # Stage 4: the representation measure a pair's verdict reads (grouping.REP_MEASURES): "cka",
-    # min-over-layers CKA as METHOD.md has it, or "partial_cka", min-over-layers partial CKA given
-    # the pretrained encoder over the layers where both tasks' models moved at least
-    # partial_cka_move (models.similarity.partial_cka; README "How good is the verdict?"). Every
-    # pair report carries both; the thresholds must be the measure's (grouping.default_thresholds).
-    rep_measure: Literal["cka", "partial_cka"] = "cka"
+    # Stage 4: the representation measure a pair's verdict reads (grouping.REP_MEASURES):
+    # "partial_cka" (the default since the pre-registered decision in
+    # bench/results/partial_cka_prereg.json), min-over-layers partial CKA given the pretrained
+    # encoder over the layers where both tasks' models moved at least partial_cka_move
+    # (models.similarity.partial_cka; README "How good is the verdict?"), or "cka", min-over-layers
+    # CKA as METHOD.md has it. Every pair report carries both; the thresholds must be the
+    # measure's (grouping.default_thresholds).
+    rep_measure: Literal["cka", "partial_cka"] = "partial_cka"
     partial_cka_move: float = 0.3
     min_class_count: int = 5
     val_fraction: float = 0.2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from models.calibration import (
 )
 from models.grouping import Thresholds
 from models.options import AnalysisConfig
+
+PARTIAL_PREREG = Path(__file__).resolve().parents[1] / "bench/results/partial_cka_prereg.json"
 
 
 def _pair(a: str, b: str, cka: float, grad: float, conflict: float = 0.0) -> dict[str, object]:
@@ -318,9 +321,12 @@ def test_the_shipped_calibration_loads_and_is_the_default() -> None:
     assert cal.n_groups > 0 and cal.source
     assert AnalysisConfig().calibration == cal
     assert 0.0 < cal.p_match(dict(zip(FEATURES, [0.5, 0.8, 0.1, 0.1, 2.0], strict=True))) < 1.0
-    # The default thresholds are the ones fitted with it, and it was fitted on the view of the
-    # evidence the default verdict reads.
-    assert Thresholds(**cal.metrics["fitted_thresholds"]) == Thresholds()
+    # The default thresholds are the partial-CKA rule as written down before the decision that
+    # adopted it (not refitted: the all-data fit is recorded beside it), and the calibration was
+    # fitted on the view of the evidence the default verdict reads.
+    written = json.loads(PARTIAL_PREREG.read_text(encoding="utf-8"))
+    assert Thresholds(**written["thresholds"]) == Thresholds()
+    assert cal.metrics["fitted_thresholds"]  # the all-data fit, for the next decision
     assert cal.waive_unlearnt_cka == AnalysisConfig().waive_unlearnt_cka
     assert cal.rep_measure == AnalysisConfig().rep_measure
 
