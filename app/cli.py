@@ -549,9 +549,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 except CalibrationError:  # stored before its pairs recorded the measure
                     unread += 1
             if len(obs) < args.min_groups:
+                unread_note = (
+                    f" ({unread} of them stored before their pairs recorded the {measure} evidence)"
+                    if unread
+                    else ""
+                )
                 raise CalibrationError(
-                    f"only {len(obs)} verified group(s) in {len(verified)} job(s), fewer than "
-                    f"--min-groups {args.min_groups}: run more jobs with verify on"
+                    f"only {len(obs)} verified group(s) in {len(verified)} job(s){unread_note}, "
+                    f"fewer than --min-groups {args.min_groups}: run more jobs with verify on"
                 )
             cal = fit_calibration(
                 obs, strength=args.strength, source=f"{len(verified) - unread} verified jobs"

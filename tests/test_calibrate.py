@@ -158,6 +158,9 @@ def test_calibrate_fits_the_view_of_the_measure_in_force(
     out = capsys.readouterr().out
     assert "fitted p_match on 24 verified groups" in out and "partial_cka evidence" in out
     assert "left out 6 job(s)" in out
+    assert main(["calibrate", "--min-groups", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "in 30 job(s) (6 of them stored before their pairs recorded the partial_cka" in err
     with sessionmaker() as session:
         row = repo.latest_calibration(session=session)
         assert row is not None
