@@ -125,7 +125,7 @@ class Thresholds:
             raise ValueError(f"rho is a share of samples and must lie in [0, 1], got {self.rho}")
 
 
-def default_thresholds(measure: str = "cka") -> Thresholds:
+def default_thresholds(measure: str) -> Thresholds:
     """The fitted default thresholds of a representation measure (a key of REP_MEASURES): each
     measure's CKA has its own scale (a partial CKA is near 0 where two models moved apart)."""
     if measure not in REP_MEASURES:
