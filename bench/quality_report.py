@@ -760,6 +760,7 @@ def evaluate_fast(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
     try:
         return {
             "cases": len(fast_cases),
+            "unjudged": unjudged,
             "fraction": fast_cases[0]["fast"]["fraction"],
             "fast": leave_one_dataset_out(fast_obs).scores(),
             "full_same_cases": leave_one_dataset_out(same_obs).scores(),
@@ -1324,6 +1325,12 @@ def print_tables(part: dict[str, Any]) -> None:
             f"(full: {fmt(g['balanced_accuracy_thresholds'])}), p_match "
             f"{fmt(f['balanced_accuracy_p_match'])} (full: {fmt(g['balanced_accuracy_p_match'])})"
             f", Brier {fmt(f['brier_p_match'], '.3f')} (full: {fmt(g['brier_p_match'], '.3f')})"
+            + (
+                f"; {fast['unjudged']} cases' fast runs not judged (no record of how far their "
+                "models moved)"
+                if fast.get("unjudged")
+                else ""
+            )
         )
     elif fast and fast.get("unjudged"):
         print(
