@@ -117,6 +117,21 @@ def test_a_coin_toss_is_called_one_in_the_summary() -> None:
     assert entry["matches"] and 0 <= entry["margin_se"] < 1
 
 
+def test_the_summary_shows_the_partial_cka_where_the_verdict_reads_it() -> None:
+    from models.summary import render
+    from tests.test_api_jobs import sample_recommendation
+
+    data = sample_recommendation()
+    assert "min-partial-CKA" not in render(data)
+    for k, p in enumerate(data["pairs"]):
+        layer = None if k else 2
+        p.update(rep_measure="partial_cka", partial_cka_min=-0.13 if k == 0 else 1.0)
+        p["partial_cka_min_layer"] = layer
+    text = render(data)
+    assert "Pairs:  min-partial-CKA (layer)  min-CKA (layer)" in text
+    assert "-0.13 (L2)" in text
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.floats(0.0, 1.0), min_size=2, max_size=6).flatmap(
