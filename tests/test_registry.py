@@ -46,6 +46,19 @@ def test_settings_read_the_registry_from_the_environment(
     assert settings.analysis_config().thresholds.tau_rep == 0.42
 
 
+def _analyze_args(monkeypatch: pytest.MonkeyPatch, tiny_bert: Path, tmp_path: Path) -> list[str]:
+    """``taskgrouper analyze`` arguments for a small CSV and the tiny model, registered through
+    the environment (the settings cache cleared: the caller clears it again when done)."""
+    from app.settings import get_settings
+
+    monkeypatch.setenv("TASKGROUPER_MODELS", json.dumps({"tiny": str(tiny_bert)}))
+    get_settings.cache_clear()
+    data = tmp_path / "t.csv"
+    data.write_text("text,a,b\n" + "".join(f"row {i},x{i % 2},y{i % 3}\n" for i in range(12)))
+    base = [str(data), "--text-column", "text", "--tasks", "a,b", "--model", "tiny"]
+    return [*base, "--out", str(tmp_path / "r.json")]
+
+
 def test_the_waiver_is_a_setting_and_a_flag(
     monkeypatch: pytest.MonkeyPatch, tiny_bert: Path, tmp_path: Path
 ) -> None:
@@ -55,12 +68,7 @@ def test_the_waiver_is_a_setting_and_a_flag(
     assert not Settings().analysis_config().waive_unlearnt_cka  # off by default
     monkeypatch.setenv("TASKGROUPER_WAIVE_UNLEARNT_CKA", "true")
     assert Settings().analysis_config().waive_unlearnt_cka
-    monkeypatch.setenv("TASKGROUPER_MODELS", json.dumps({"tiny": str(tiny_bert)}))
-    get_settings.cache_clear()
-    data = tmp_path / "t.csv"
-    data.write_text("text,a,b\n" + "".join(f"row {i},x{i % 2},y{i % 3}\n" for i in range(12)))
-    base = [str(data), "--text-column", "text", "--tasks", "a,b", "--model", "tiny"]
-    base += ["--out", str(tmp_path / "r.json")]
+    base = _analyze_args(monkeypatch, tiny_bert, tmp_path)
     try:
         for extra, want in (([], True), (["--no-waive-unlearnt-cka"], False)):
             args = build_parser().parse_args(["analyze", *base, *extra])
@@ -91,12 +99,7 @@ def test_the_representation_measure_is_a_setting_and_a_flag_with_its_own_thresho
     monkeypatch.setenv("TASKGROUPER_TAU_REP", "0.2")  # a threshold set explicitly stays
     assert Settings().analysis_config().thresholds.tau_rep == 0.2
     monkeypatch.delenv("TASKGROUPER_TAU_REP")
-    monkeypatch.setenv("TASKGROUPER_MODELS", json.dumps({"tiny": str(tiny_bert)}))
-    get_settings.cache_clear()
-    data = tmp_path / "t.csv"
-    data.write_text("text,a,b\n" + "".join(f"row {i},x{i % 2},y{i % 3}\n" for i in range(12)))
-    base = [str(data), "--text-column", "text", "--tasks", "a,b", "--model", "tiny"]
-    base += ["--out", str(tmp_path / "r.json")]
+    base = _analyze_args(monkeypatch, tiny_bert, tmp_path)
     try:
         args = build_parser().parse_args(["analyze", *base, "--rep-measure", "cka"])
         spec = _job_from_args(args)
