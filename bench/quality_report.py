@@ -207,7 +207,7 @@ def measure_view(
 
 def engine_view(case: dict[str, Any], waive: bool = ENGINE_WAIVES) -> dict[str, Any]:
     """``case`` as the engine's default verdict reads it: on its measure (:func:`measure_view`;
-    the case unchanged where it cannot be read on it: :func:`engine_readable` tells) and, with
+    the case unchanged where it cannot be read on it, where ``measure_view`` gives None) and, with
     ``waive``, every pair with a task whose seed-0 single-task model did not learn (macro-F1
     below its chance baseline + ``LEARN_MARGIN``, the service's ``stl.learnt``) marked
     ``cka_waived``, in the full evidence and in fast mode's (by fast mode's own models). A copy;
