@@ -786,6 +786,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
         "learnt_pairs_decision": learnt_pairs_decision(cases),
         "partial_cka_decision": partial_cka_decision(cases),
         "more_seeds": more_seeds_test(cases),
+        "more_seeds_2": more_seeds_test(cases, MORE_SEEDS_2_PREREG),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -824,6 +825,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
     print_decision(result["learnt_pairs_decision"], "learnt-pairs", "learnt_pairs_prereg.json")
     print_decision(result["partial_cka_decision"], "partial-CKA", "partial_cka_prereg.json")
     print_more_seeds(result["more_seeds"])
+    print_more_seeds(result["more_seeds_2"])
     return 0
 
 
@@ -1052,6 +1054,9 @@ def seed_floor_rules_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any] | 
 
 
 MORE_SEEDS_PREREG = Path(__file__).resolve().parent / "results" / "more_seeds_prereg.json"
+MORE_SEEDS_2_PREREG = Path(__file__).resolve().parent / "results" / "more_seeds_2_prereg.json"
+"""The second extension (twelfth session): the cases still on 5 seeds after the first, with
+verdicts frozen on the partial-CKA default's view."""
 
 
 def as_first_measured(case: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
@@ -1062,15 +1067,19 @@ def as_first_measured(case: dict[str, Any], entry: dict[str, Any]) -> dict[str, 
     return {**before, "mtl": {n: v[:k] for n, v in entry["mtl"].items()}}
 
 
-def more_seeds_test(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The 5 -> 10 seed extension written down in ``results/more_seeds_prereg.json``: on the
+def more_seeds_test(
+    cases: list[dict[str, Any]], prereg: Path | None = None
+) -> dict[str, Any] | None:
+    """A 5 -> 10 seed extension written down in ``prereg`` (by default
+    ``results/more_seeds_prereg.json``, :data:`MORE_SEEDS_PREREG`): on the
     groups already compared over the target number of seeds, each frozen verdict (the shipped
     thresholds, the one-SE rule's, the shipped ``p_match``, all on seed 0's evidence) against the
     outcome written down then and the outcome now; the groups whose outcome flipped each way; and
     the re-measurement ceiling (:func:`retest_ceiling`) of those groups then and now."""
-    if not MORE_SEEDS_PREREG.is_file():
+    prereg = MORE_SEEDS_PREREG if prereg is None else prereg
+    if not prereg.is_file():
         return None
-    plan = json.loads(MORE_SEEDS_PREREG.read_text())
+    plan = json.loads(prereg.read_text())
     by_case = {c["case"]: c for c in cases}
     rows, then, now = [], [], []
     for g in plan["groups"]:
@@ -1082,8 +1091,7 @@ def more_seeds_test(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
         )
         if entry is None:
             raise ValueError(
-                f"{MORE_SEEDS_PREREG.name}: {g['case']} has no measured group "
-                f"{'+'.join(g['tasks'])}"
+                f"{prereg.name}: {g['case']} has no measured group {'+'.join(g['tasks'])}"
             )
         if len(entry["seeds"]) < plan["seeds_target"] or "before" not in entry:
             continue
@@ -1091,10 +1099,12 @@ def more_seeds_test(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
         then.append({**case, "groups": [as_first_measured(case, entry)]})
         now.append({**case, "groups": [entry]})
     if not rows:
-        return {"cases": [], "groups": 0}
+        return {"cases": [], "groups": 0, "prereg": prereg.name}
     y5 = [r["matches_5"] for r in rows]
     y10 = [r["matches_now"] for r in rows]
     out: dict[str, Any] = {
+        "prereg": prereg.name,
+        "planned": list(plan["cases"]),
         "cases": sorted({r["case"] for r in rows}),
         "groups": len(rows),
         "lose_then": len(rows) - sum(y5),
@@ -1130,7 +1140,10 @@ def more_seeds_test(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
 def print_more_seeds(part: dict[str, Any] | None) -> None:
     if not part or not part["groups"]:
         return
-    print("\n== the 5 -> 10 seed extension written down before it ran (more_seeds_prereg.json)")
+    print(f"\n== the 5 -> 10 seed extension written down before it ran ({part['prereg']})")
+    left = [c for c in part.get("planned", []) if c not in part["cases"]]
+    if left:
+        print(f"not extended yet (not counted): {', '.join(left)}")
     print(
         f"cases: {', '.join(part['cases'])}; {part['groups']} groups; losing then "
         f"{part['lose_then']}, now {part['lose_now']} ({part['now_lose']} now lose, "

@@ -513,8 +513,12 @@ def test_the_written_down_seed_extension_compares_frozen_verdicts_then_and_now(
     # 'then' decides each group again on its first seeds only, and reproduces what was written
     assert out["ceiling_then"] is not None
     assert out["ceiling_then"]["groups"] == 2 and out["ceiling_then"]["not_reproduced"] == 0
+    # A second extension's plan is read the same way, from the path given.
+    assert out["prereg"] == "plan.json" and out["planned"] == ["d1"]
+    assert qr.more_seeds_test([case], path) == out
     monkeypatch.setattr(qr, "MORE_SEEDS_PREREG", tmp_path / "missing.json")
     assert qr.more_seeds_test([case]) is None
+    assert qr.more_seeds_test([case], tmp_path / "missing.json") is None
 
 
 def test_regret_se_pairs_the_two_partitions_seed_by_seed() -> None:
