@@ -423,15 +423,30 @@ def fold_thresholds(obs: list[Observation]) -> dict[str, grp.Thresholds]:
 
 def grouping_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Regret and planted recovery over :func:`judge_cases` rows: cases with regret <= 1.0 F1
-    point, cases with a regret, the largest; planted groupings recovered, cases with one."""
+    point, cases with a regret, the largest, the mean over cases (:func:`regret_mean`); planted
+    groupings recovered, cases with one."""
     regrets = [r["regret_points"] for r in rows if r["regret_points"] is not None]
     planted = [r["planted_recovered"] for r in rows if r["planted_recovered"] is not None]
     return {
         "regret_within_1": sum(r <= 1.0 for r in regrets),
         "regret_cases": len(regrets),
         "regret_max": max(regrets, default=None),
+        **regret_mean(regrets),
         "planted_recovered": sum(planted),
         "planted_cases": len(planted),
+    }
+
+
+def regret_mean(regrets: list[float]) -> dict[str, float | None]:
+    """The regret over cases, F1 points: its mean, the mean's standard error across cases (None
+    under 2 cases) and the median; all None when no case has a regret."""
+    if not regrets:
+        return {"regret_mean": None, "regret_mean_se": None, "regret_median": None}
+    se = statistics.stdev(regrets) / math.sqrt(len(regrets)) if len(regrets) > 1 else None
+    return {
+        "regret_mean": statistics.fmean(regrets),
+        "regret_mean_se": se,
+        "regret_median": statistics.median(regrets),
     }
 
 
@@ -1413,6 +1428,12 @@ def print_tables(part: dict[str, Any]) -> None:
             f"regret (held-out thresholds): <= 1.0 F1 point on "
             f"{sum(r['regret_points'] <= 1.0 for r in judged)}/{len(judged)} cases; within two "
             f"seed-SEs of 1.0 (no surer than the seeds allow) on {len(within)}/{len(judged)}"
+        )
+        m = regret_mean([r["regret_points"] for r in judged])
+        print(
+            f"regret over cases: mean {fmt(m['regret_mean'], '.2f')} F1 points (SE "
+            f"{fmt(m['regret_mean_se'], '.2f')}), median {fmt(m['regret_median'], '.2f')}, "
+            f"max {max(r['regret_points'] for r in judged):.1f}"
         )
     print(
         "\n| case | seeds | tasks learnt | groups (lose, unclear) | confirmed | bal. acc. | "

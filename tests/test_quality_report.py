@@ -809,3 +809,17 @@ def test_extend_case_resumes_where_it_was_killed_and_only_to_its_own_target(
     assert "extending" not in out and [len(g["seeds"]) for g in out["groups"]] == [5, 5]
     assert out["groups"][0]["before"]["seeds"] == [0, 1, 2]
     assert out["stl"]["b"] == pytest.approx([0.5 + s / 100 for s in range(5)])
+
+
+def test_regret_mean_reports_mean_se_and_median_over_cases() -> None:
+    out = qr.regret_mean([0.0, 0.0, 1.0, 3.0])
+    assert out["regret_mean"] == pytest.approx(1.0)
+    assert out["regret_median"] == pytest.approx(0.5)
+    # sample SD of (0, 0, 1, 3) is sqrt(2), over sqrt(4) cases
+    assert out["regret_mean_se"] == pytest.approx(2**0.5 / 2)
+    assert qr.regret_mean([2.0])["regret_mean_se"] is None
+    assert qr.regret_mean([]) == {
+        "regret_mean": None,
+        "regret_mean_se": None,
+        "regret_median": None,
+    }
