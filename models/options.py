@@ -103,7 +103,7 @@ class AnalysisConfig:
     max_groups: int | None = None
     exhaustive_limit: int = 10
     # Stage 3: joint warm-up of S steps from the pretrained encoder, sampled every m steps.
-    align_steps: int | None = None  # None: a tenth of an epoch of the largest task, 8..48 steps
+    align_steps: int | None = None  # None: a tenth of an epoch of the largest task, 12..48 steps
     align_every: int = 2
     align_batch_size: int | None = None  # None: min(batch_size, 16)
     head_fit_examples: int = 512
