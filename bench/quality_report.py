@@ -1087,9 +1087,9 @@ def more_seeds_test(
 ) -> dict[str, Any] | None:
     """A 5 -> 10 seed extension written down in ``prereg`` (by default
     ``results/more_seeds_prereg.json``, :data:`MORE_SEEDS_PREREG`): on the
-    groups already compared over the target number of seeds, each frozen verdict (the shipped
-    thresholds, the one-SE rule's, the shipped ``p_match``, all on seed 0's evidence) against the
-    outcome written down then and the outcome now; the groups whose outcome flipped each way; and
+    groups already compared over the target number of seeds, each frozen verdict (the plan's
+    ``rules`` and its ``p_match``, all written down on seed 0's evidence) against the outcome
+    written down then and the outcome now; the groups whose outcome flipped each way; and
     the re-measurement ceiling (:func:`retest_ceiling`) of those groups then and now."""
     prereg = MORE_SEEDS_PREREG if prereg is None else prereg
     if not prereg.is_file():
