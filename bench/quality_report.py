@@ -280,8 +280,7 @@ def regret_se(case: dict[str, Any], rec: list[list[str]], best: list[list[str]])
     same seeds, unless a case is part-way through an extension."""
     if same_partition(rec, best):
         return 0.0
-    runs = {frozenset([t]): {t: f1s} for t, f1s in case["stl"].items()}
-    runs.update({frozenset(g["tasks"]): g["mtl"] for g in case["groups"]})
+    runs = seed_runs(case)
 
     def per_task(partition: list[list[str]]) -> list[list[float]] | None:
         out = []
@@ -300,6 +299,48 @@ def regret_se(case: dict[str, Any], rec: list[list[str]], best: list[list[str]])
         return None
     diff = np.mean([v[:n] for v in a], axis=0) - np.mean([v[:n] for v in b], axis=0)
     return 100.0 * float(np.std(diff, ddof=1)) / math.sqrt(n)
+
+
+def seed_runs(case: dict[str, Any]) -> dict[frozenset[str], dict[str, list[float]]]:
+    """Every measured model's per-seed macro-F1 by task: singletons are the STL models."""
+    runs = {frozenset([t]): {t: list(f1s)} for t, f1s in case["stl"].items()}
+    runs.update({frozenset(g["tasks"]): g["mtl"] for g in case["groups"]})
+    return runs
+
+
+def crossfit_regret(case: dict[str, Any], rec: list[list[str]]) -> float | None:
+    """The regret with the winner's curse taken out, in F1 points: the best partition is chosen
+    on one half of the seeds (even positions) and both it and the recommendation are scored on
+    the other half, then the halves swap and the two regrets are averaged.
+
+    The plain regret scores the best partition on the seeds that chose it, so noise alone makes it
+    positive in expectation (the largest of several noisy means); this one scores a choice on
+    seeds it did not see, so it is at most the true regret in expectation (a choice from half
+    the seeds is at best the true best) and may be negative. The truth lies between the two.
+    None when a group of the recommendation was not measured or the models share under 2 seeds.
+    """
+    runs = seed_runs(case)
+    partitions = [
+        p for p in grp.set_partitions(case["tasks"]) if all(frozenset(g) in runs for g in p)
+    ]
+    if not all(frozenset(g) in runs for g in rec):
+        return None
+    n = min(len(f1s) for model in runs.values() for f1s in model.values())
+    if n < 2:
+        return None
+
+    def per_seed(partition: list[list[str]]) -> np.ndarray:
+        rows = [runs[frozenset(g)][t][:n] for g in partition for t in g]
+        return np.mean(np.asarray(rows, dtype=float), axis=0)
+
+    scores = [per_seed(p) for p in partitions]
+    rec_scores = per_seed(rec)
+    halves = (np.arange(0, n, 2), np.arange(1, n, 2))
+    regrets = []
+    for choose, score in (halves, halves[::-1]):
+        best = max(range(len(partitions)), key=lambda i: (scores[i][choose].mean(), -i))
+        regrets.append(float(np.mean(scores[best][score] - rec_scores[score])))
+    return 100.0 * statistics.fmean(regrets)
 
 
 def same_partition(a: list[list[str]], b: list[list[str]]) -> bool:
@@ -389,6 +430,7 @@ def judge_cases(
                 "best_f1": best_score,
                 "regret_points": None if rec_score is None else 100 * (best_score - rec_score),
                 "regret_se_points": regret_se(case, rec, best),
+                "regret_crossfit_points": crossfit_regret(case, rec),
                 "planted": case["planted"],
                 "planted_recovered": None
                 if case["planted"] is None
@@ -423,15 +465,23 @@ def fold_thresholds(obs: list[Observation]) -> dict[str, grp.Thresholds]:
 
 def grouping_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Regret and planted recovery over :func:`judge_cases` rows: cases with regret <= 1.0 F1
-    point, cases with a regret, the largest, the mean over cases (:func:`regret_mean`); planted
+    point, cases with a regret, the largest, the mean over cases (:func:`regret_mean`); the same
+    counts, largest and mean of the cross-fitted regret (:func:`crossfit_regret`); planted
     groupings recovered, cases with one."""
     regrets = [r["regret_points"] for r in rows if r["regret_points"] is not None]
+    crossfit = [
+        r["regret_crossfit_points"] for r in rows if r["regret_crossfit_points"] is not None
+    ]
     planted = [r["planted_recovered"] for r in rows if r["planted_recovered"] is not None]
     return {
         "regret_within_1": sum(r <= 1.0 for r in regrets),
         "regret_cases": len(regrets),
         "regret_max": max(regrets, default=None),
         **regret_mean(regrets),
+        "regret_crossfit_within_1": sum(r <= 1.0 for r in crossfit),
+        "regret_crossfit_cases": len(crossfit),
+        "regret_crossfit_max": max(crossfit, default=None),
+        "regret_crossfit_mean": statistics.fmean(crossfit) if crossfit else None,
         "planted_recovered": sum(planted),
         "planted_cases": len(planted),
     }
@@ -533,7 +583,8 @@ def evaluate(cases: list[dict[str, Any]], label: str) -> dict[str, Any]:
             "fitted_thresholds_balanced_accuracy_in_sample": fit_all.balanced_accuracy,
             "fitted_thresholds_ties": fit_all.n_tied,
             "current_default_balanced_accuracy": balanced_accuracy(y, default_verdicts.tolist()),
-            "rows": judge_cases(judged, folds),
+            "rows": (rows := judge_cases(judged, folds)),
+            "grouping": grouping_summary(rows),
             "one_se_rule": alternative_rule(judged, obs, "one_se"),
             "seed_floor": seed_floor_comparison(cases),
             "fast_mode": evaluate_fast(judged),
@@ -1435,12 +1486,21 @@ def print_tables(part: dict[str, Any]) -> None:
             f"{fmt(m['regret_mean_se'], '.2f')}), median {fmt(m['regret_median'], '.2f')}, "
             f"max {max(r['regret_points'] for r in judged):.1f}"
         )
+        xfit = part["grouping"]
+        if xfit["regret_crossfit_cases"]:
+            print(
+                f"regret with the best partition chosen on half the seeds and scored on the other "
+                f"(cross-fitted; the plain regret is biased up, this one down): <= 1.0 F1 point "
+                f"on {xfit['regret_crossfit_within_1']}/{xfit['regret_crossfit_cases']} cases, "
+                f"mean {fmt(xfit['regret_crossfit_mean'], '.2f')}, max "
+                f"{fmt(xfit['regret_crossfit_max'], '.1f')}"
+            )
     print(
         "\n| case | seeds | tasks learnt | groups (lose, unclear) | confirmed | bal. acc. | "
-        "regret F1 pts (SE) | "
+        "regret F1 pts (SE) | cross-fitted | "
         "planted | seed spread pts | steps vs brute / HOA / TAG | fast vs brute |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in part["rows"]:
         c = r["cost"]
         planted = {None: "–", True: "yes", False: "no"}[r["planted_recovered"]]
@@ -1449,7 +1509,8 @@ def print_tables(part: dict[str, Any]) -> None:
             f"{'–' if r['learnt'] is None else len(r['learnt'])}/{r['n_tasks']} | {r['groups']} "
             f"({r['losing_groups']}, {r['unclear_groups']}) | {r['confirmed']}/{r['groups']} | "
             f"{fmt(r['balanced_accuracy'])} | {fmt(r['regret_points'], '.1f')} "
-            f"({fmt(r['regret_se_points'], '.1f')}) | {planted} | "
+            f"({fmt(r['regret_se_points'], '.1f')}) | {fmt(r['regret_crossfit_points'], '.1f')} | "
+            f"{planted} | "
             f"{r['median_seed_spread_points']:.1f} | {fmt(c['ratio_brute_force'], '.3f')} / "
             f"{fmt(c['ratio_hoa'], '.3f')} / {fmt(c['ratio_tag'], '.2f')} | "
             f"{fmt(c.get('fast_ratio_brute_force'), '.3f')} |"

@@ -823,3 +823,35 @@ def test_regret_mean_reports_mean_se_and_median_over_cases() -> None:
         "regret_mean_se": None,
         "regret_median": None,
     }
+
+
+def test_crossfit_regret_scores_the_chosen_best_on_seeds_it_did_not_see() -> None:
+    """a+b's mean beats the single-task models only through the even seeds: the plain regret
+    of the singletons is positive, the cross-fitted one sees the even-seed winner lose on the
+    odd seeds and the odd-seed winner (the singletons) tie on the even ones."""
+    case = _case("d1", 0.9, 0.1, 0.1)
+    for t in TASKS:
+        case["stl"][t] = [0.8] * 4
+    for g in case["groups"]:
+        g["mtl"] = {t: [v[0]] * 4 for t, v in g["mtl"].items()}
+    ab = case["groups"][0]
+    assert ab["tasks"] == ["a", "b"]
+    ab["mtl"] = {"a": [0.95, 0.7, 0.95, 0.7], "b": [0.8] * 4}
+    singletons = [["a"], ["b"], ["c"]]
+    best, score = qr.best_partition(case)
+    assert qr.same_partition(best, [["a", "b"], ["c"]])
+    plain = 100 * (score - qr.partition_score(singletons, qr.group_f1(case)))
+    assert plain == pytest.approx(100 * 0.025 / 3)
+    # Even seeds choose a+b, which the odd seeds score 0.1 / 3 under the singletons; the odd
+    # seeds choose the singletons, regret 0 on the even ones.
+    assert qr.crossfit_regret(case, singletons) == pytest.approx(100 * (-0.1 / 3 + 0.0) / 2)
+    # Recommending a+b: no regret where the even seeds chose it; the odd seeds' choice, the
+    # singletons, scores 0.15 / 3 under it on the even seeds. The plain regret is 0.
+    assert qr.crossfit_regret(case, [["a", "b"], ["c"]]) == pytest.approx(
+        100 * (0.0 - 0.15 / 3) / 2
+    )
+    case["stl"]["c"] = [0.8]  # one seed in common: no halves
+    assert qr.crossfit_regret(case, singletons) is None
+    case["stl"]["c"] = [0.8] * 4
+    case["groups"] = case["groups"][1:]  # a+b no longer measured
+    assert qr.crossfit_regret(case, [["a", "b"], ["c"]]) is None
