@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -54,6 +55,8 @@ class ServiceError(Exception):
 
 def _id(job_id: str) -> str:
     """An id as one path segment, whatever the user typed."""
+    if not job_id.strip():
+        raise ValueError("ID: the job id is empty")
     return quote(job_id.strip(), safe="")
 
 
@@ -101,6 +104,10 @@ class ServiceClient:
         with path.open("rb") as handle:
             response = self._call("POST", "/datasets", files={"file": (path.name, handle)})
         return dict(response.json())
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """``DELETE /datasets/{id}``."""
+        self._call("DELETE", f"/datasets/{_id(dataset_id)}")
 
     def submit(self, body: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
         """``POST /jobs``: the queued job."""
@@ -300,6 +307,12 @@ def cmd_submit(client: ServiceClient, args: argparse.Namespace) -> int:
     if not args.data.is_file():
         print(f"error: DATA: no such file: {args.data}", file=sys.stderr)
         return EXIT_USAGE
+    for option in ("lr", "step_fraction"):
+        value = getattr(args, option)
+        if value is not None and not math.isfinite(value):
+            flag = "--" + option.replace("_", "-")
+            print(f"error: {flag}: must be a finite number, not {value}", file=sys.stderr)
+            return EXIT_USAGE
     dataset = client.upload(args.data)
     print(f"uploaded {args.data.name}: dataset {dataset['id']}", file=sys.stderr)
     body: dict[str, Any] = {
@@ -315,7 +328,21 @@ def cmd_submit(client: ServiceClient, args: argparse.Namespace) -> int:
         body["candidate_task_sets"] = args.candidate
     if args.max_groups is not None:
         body["max_groups"] = args.max_groups
-    job = client.submit(body, idempotency_key=args.idempotency_key)
+    try:
+        job = client.submit(body, idempotency_key=args.idempotency_key)
+    except (ServiceError, ValueError) as exc:
+        # A refused job leaves its upload unused: remove it, so a retry after a typo does not
+        # pile up copies. An error with no answer, or a 5xx, may hide a job that was created.
+        refused = not isinstance(exc, ServiceError) or (
+            exc.status is not None and 400 <= exc.status < 500
+        )
+        if refused:
+            try:
+                client.delete_dataset(dataset["id"])
+                print(f"removed the upload (dataset {dataset['id']})", file=sys.stderr)
+            except ServiceError:
+                pass  # the submit's own error is the one to report
+        raise
     print(
         f"job {job['id']} submitted: {len(args.tasks)} tasks, model {args.model}", file=sys.stderr
     )
@@ -395,15 +422,30 @@ COMMANDS: dict[str, Callable[[ServiceClient, argparse.Namespace], int]] = {
 
 def run_client_command(args: argparse.Namespace) -> int:
     """Run a client command; the service's errors are printed, not raised."""
-    if not args.key:
+    key = (args.key or "").strip()  # a key read from a file or a variable keeps its newline
+    if not key:
         print("error: --key: no API key (pass --key or set TASKGROUPER_KEY)", file=sys.stderr)
         return EXIT_USAGE
+    if not (key.isascii() and key.isprintable()):
+        # Never echo it: a key is a secret, and this goes to a terminal or a CI log.
+        print(
+            "error: --key: the key holds characters no API key has (control or "
+            "non-ASCII characters); check how it was copied",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     try:
-        with ServiceClient(args.server, args.key) as client:
+        with ServiceClient(args.server, key) as client:
             return COMMANDS[args.command](client, args)
     except ServiceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE if exc.status is not None and 400 <= exc.status < 500 else EXIT_FAILED
     except TimeoutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except httpx.InvalidURL as exc:
+        print(f"error: --server: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # writing --out: a folder, a missing parent, no permission
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

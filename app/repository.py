@@ -223,7 +223,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         created_at = _aware(datetime.fromisoformat(created), "cursor time")
         if str(uuid.UUID(row_id)) != row_id:
             raise ValueError("not a canonical UUID")
-    except (ValueError, TypeError, binascii.Error, UnicodeError) as exc:
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeError) as exc:
+        # OverflowError: a forged time whose offset moves it outside datetime's range.
         raise ValueError(
             f"invalid cursor {cursor!r}: pass back the next_cursor of a previous page unchanged"
         ) from exc

@@ -6,10 +6,11 @@ recommendation itself is ``models.schema.Recommendation`` (the engine's JSON con
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
 __all__ = [
     "TASK_UNION_TAGS",
@@ -32,6 +33,18 @@ __all__ = [
 _UUID_EXAMPLE = "3f2b8c1e-9a4d-4e57-8c0b-2d6f1a7e9b10"
 _JOB_EXAMPLE = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
 _TIME_EXAMPLE = "2025-01-02T03:04:05.123456Z"
+
+
+def _dataset_uuid(value: str) -> str:
+    """A dataset id in the canonical form the store keys by (lower case, hyphenated), so an id
+    written in another UUID spelling finds its dataset, as it does at ``GET /datasets/{id}``."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ValueError(f"must be a dataset id, a UUID such as {_UUID_EXAMPLE}") from None
+
+
+DatasetId = Annotated[str, AfterValidator(_dataset_uuid)]
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Stage = Literal[
@@ -200,7 +213,7 @@ class TrainingSettings(_Body):
 class TaskRef(_Body):
     """A task given as an object: a label column of a dataset, under a name."""
 
-    dataset_id: str | None = Field(
+    dataset_id: DatasetId | None = Field(
         default=None,
         min_length=1,
         max_length=100,
@@ -275,7 +288,7 @@ class JobCreate(_Body):
         },
     )
 
-    dataset_id: str = Field(
+    dataset_id: DatasetId = Field(
         min_length=1,
         max_length=100,
         description="The dataset whose label columns are the tasks (tasks given as objects may "

@@ -534,6 +534,13 @@ def _read_jsonl(text: str, max_rows: int | None) -> pd.DataFrame:
             raise DataError(
                 f"line {line_no} is not valid JSON ({exc.msg} at column {exc.colno}){hint}"
             ) from None
+        except ValueError as exc:  # an integer past Python's digit limit
+            raise DataError(f"line {line_no} cannot be read as JSON ({exc})") from None
+        except RecursionError:
+            raise DataError(
+                f"line {line_no} cannot be read as JSON: its arrays or objects are nested too "
+                "deeply"
+            ) from None
         if not isinstance(obj, dict):
             hint = ""
             if isinstance(obj, list) and not records:
@@ -601,10 +608,16 @@ def _read_parquet(data: bytes, max_rows: int | None) -> pd.DataFrame:
         frame = table.to_pandas()
     except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
         raise DataError(f"the Parquet file cannot be read ({exc})") from None
-    if any(n is not None for n in frame.index.names):
-        frame = frame.reset_index()
-    else:
+    # A named index (pandas writes it to Parquet) becomes a column, unless a column has its name
+    # already: ``set_index(col, drop=False)`` keeps the column, and the index repeats it.
+    columns = {str(c) for c in frame.columns}
+    levels = [n for n in frame.index.names if n is not None and str(n) not in columns]
+    try:
+        if levels:
+            frame = frame.reset_index(level=levels)
         frame = frame.reset_index(drop=True)
+    except ValueError as exc:  # index levels that share a name among themselves
+        raise DataError(f"the Parquet file's index cannot be read as columns ({exc})") from None
     frame.columns = [str(c) for c in frame.columns]
     for col in frame.columns:
         series = frame[col]

@@ -7,6 +7,7 @@ shared with ``tests/test_api_jobs.py`` and ``tests/test_api_sqlite.py``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -313,6 +314,15 @@ def test_list_datasets_pages_with_a_cursor(api: Api) -> None:
     assert len(default["data"]) == 3
 
 
+_FORGED_CURSOR = (
+    base64.urlsafe_b64encode(
+        json.dumps(["0001-01-01T00:00:00+14:00", "3f2b8c1e-9a4d-4e57-8c0b-2d6f1a7e9b10"]).encode()
+    )
+    .decode()
+    .rstrip("=")
+)
+
+
 @pytest.mark.parametrize(
     ("params", "field", "fragment"),
     [
@@ -320,6 +330,8 @@ def test_list_datasets_pages_with_a_cursor(api: Api) -> None:
         ({"limit": 101}, "limit", "less than or equal to 100"),
         ({"limit": "many"}, "limit", "valid integer"),
         ({"cursor": "not-a-cursor"}, "cursor", "invalid cursor"),
+        # A well-formed cursor whose time, moved to UTC, falls before year 1.
+        ({"cursor": _FORGED_CURSOR}, "cursor", "invalid cursor"),
     ],
 )
 def test_list_datasets_bad_parameters(

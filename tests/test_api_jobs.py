@@ -220,6 +220,18 @@ def test_submit_tasks_from_several_datasets(api: Api) -> None:
     ]
 
 
+def test_a_dataset_id_in_another_uuid_spelling_finds_its_dataset(api: Api) -> None:
+    """Upper case or without hyphens, as ``GET /datasets/{id}`` accepts it."""
+    dataset = api.dataset()
+    spelled = dataset["id"].upper().replace("-", "")
+    body = api.job_body(spelled)
+    body["tasks"] = [body["tasks"][0], {"dataset_id": spelled, "column": body["tasks"][1]}]
+    response = api.submit(body)
+    assert response.status_code == 202, response.text
+    job = api.client.get(f"/jobs/{response.json()['id']}", headers=api.auth()).json()
+    assert job["dataset_ids"] == [dataset["id"]]
+
+
 def test_the_default_probe_size_adapts_to_small_data(api: Api) -> None:
     dataset = api.dataset()
     body = api.job_body(dataset["id"], training={})
@@ -230,7 +242,15 @@ INVALID: list[tuple[str, dict[str, Any], int, str | None, list[str]]] = [
     ("unknown model", {"model": "bert"}, 422, "model", ["'bert'", "minilm-l6, tiny"]),
     ("model path", {"model": "/tmp"}, 422, "model", ["paths are not accepted"]),
     ("unknown dataset", {"dataset_id": MISSING}, 422, "dataset_id", ["no dataset with id"]),
-    ("malformed dataset", {"dataset_id": "abc"}, 422, "dataset_id", ["no dataset with id 'abc'"]),
+    ("malformed dataset", {"dataset_id": "abc"}, 422, "dataset_id", ["must be a dataset id"]),
+    ("NUL in dataset", {"dataset_id": "x\u0000"}, 422, "dataset_id", ["must be a dataset id"]),
+    (
+        "task dataset",
+        {"tasks": ["topic", {"dataset_id": "abc", "column": "urgent"}]},
+        422,
+        "tasks[1].dataset_id",
+        ["must be a dataset id"],
+    ),
     ("text column", {"text_column": "body"}, 422, "text_column", ["'body' not found", "'text'"]),
     ("one task", {"tasks": ["topic"]}, 422, "tasks", ["at least 2"]),
     ("no tasks", {"tasks": []}, 422, "tasks", ["at least 2"]),

@@ -149,11 +149,33 @@ def test_cancel_a_running_job(live: LiveServer, tmp_path: Path) -> None:
 
 
 def test_client_errors_name_the_problem(live: LiveServer, data: Path) -> None:
+    with ServiceClient(live.base, live.key) as client:
+        uploads = len(client._call("GET", "/datasets", params={"limit": 100}).json()["data"])
     unknown = cli(
         live, "submit", str(data), "--text-column", "text", "--tasks", "product,nope", *TRAINING
     )
     assert unknown.returncode == 2
     assert "HTTP 422" in unknown.stderr and "nope" in unknown.stderr
+    assert "removed the upload" in unknown.stderr  # a refused job leaves no dataset behind
+    not_finite = cli(
+        live, "submit", str(data), "--text-column", "text", "--tasks", TASKS, "--lr", "nan"
+    )
+    assert not_finite.returncode == 2 and "--lr: must be a finite number" in not_finite.stderr
+    with ServiceClient(live.base, live.key) as client:
+        assert (
+            len(client._call("GET", "/datasets", params={"limit": 100}).json()["data"]) == uploads
+        )
+    # A key copied with its newline still works; one with control characters is refused unechoed.
+    newline = cli(live, "show", "00000000-0000-4000-8000-000000000000", key=live.key + "\n")
+    assert newline.returncode == 2 and "HTTP 404" in newline.stderr
+    control = cli(live, "show", "x", key="tg_secret\x01")
+    assert control.returncode == 2 and "--key" in control.stderr
+    assert "tg_secret" not in control.stderr
+    empty_id = cli(live, "show", "  ")
+    assert empty_id.returncode == 2 and "job id is empty" in empty_id.stderr
+    bad_server = cli(live, "show", "x", "--server", "http://[::1")
+    assert bad_server.returncode == 2 and "--server" in bad_server.stderr
+    assert "Traceback" not in bad_server.stderr
     bad_key = cli(live, "show", "00000000-0000-4000-8000-000000000000", key="tg_wrong")
     assert bad_key.returncode == 2 and "HTTP 401" in bad_key.stderr
     missing = cli(live, "show", "00000000-0000-4000-8000-000000000000")

@@ -243,6 +243,19 @@ def test_duplicate_jsonl_keys(tmp_path: Path) -> None:
     assert info.value.column == "y"
 
 
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [
+        ('{"text": "a", "y": ' + "9" * 5000 + "}", r"line 2 cannot be read as JSON \(.*digit"),
+        ("[" * 200_000 + "]" * 200_000, "line 2 cannot be read as JSON: .*nested too deeply"),
+    ],
+)
+def test_jsonl_values_json_cannot_hold(tmp_path: Path, line: str, match: str) -> None:
+    path = write_bytes(tmp_path, "d.jsonl", ('{"text": "a", "y": 1}\n' + line + "\n").encode())
+    with pytest.raises(DataError, match=match):
+        read_table(path)
+
+
 def test_duplicate_parquet_fields(tmp_path: Path) -> None:
     table = pa.Table.from_arrays(
         [pa.array(["a", "b"]), pa.array(["x", "y"]), pa.array(["u", "v"])],
@@ -361,6 +374,21 @@ def test_parquet_named_index_becomes_column(tmp_path: Path) -> None:
     read = read_table(path)
     assert list(read.columns) == ["id", "text"]
     assert list(read.index) == [0, 1]
+
+
+@pytest.mark.parametrize("levels", [["id"], ["id", "k"]])
+def test_parquet_index_that_repeats_a_column_is_dropped(tmp_path: Path, levels: list[str]) -> None:
+    """``set_index(col, drop=False)``: the index repeats a column; the column is kept once, and
+    a named level that repeats none becomes a column as usual."""
+    frame = pd.DataFrame({"id": [5, 6], "k": [1, 2], "text": ["a", "b"]})
+    frame = frame.set_index(levels, drop=False)
+    frame.index = frame.index.set_names([*levels[:1], *(["other"] if len(levels) > 1 else [])])
+    path = tmp_path / "d.parquet"
+    frame.to_parquet(path)
+    read = read_table(path)
+    expected = (["other"] if len(levels) > 1 else []) + ["id", "k", "text"]
+    assert list(read.columns) == expected
+    assert read["id"].tolist() == [5, 6] and list(read.index) == [0, 1]
 
 
 def test_parquet_categorical_and_numeric_columns(tmp_path: Path) -> None:
