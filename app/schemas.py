@@ -144,12 +144,19 @@ class DatasetsPublic(BaseModel):
 
 
 class TrainingSettings(_Body):
-    """Fine-tuning settings shared by every model of the job."""
+    """Fine-tuning settings shared by every model of the job. Integers must be JSON numbers
+    (``true`` or ``"3"`` is refused, not read as 1 or 3), and rates finite numbers."""
 
     epochs: int = Field(
-        default=3, ge=1, le=50, description="Epochs of each single-task fine-tune.", examples=[3]
+        strict=True,
+        default=3,
+        ge=1,
+        le=50,
+        description="Epochs of each single-task fine-tune.",
+        examples=[3],
     )
     max_steps: int | None = Field(
+        strict=True,
         default=None,
         ge=1,
         le=100_000,
@@ -157,6 +164,7 @@ class TrainingSettings(_Body):
         examples=[200],
     )
     step_fraction: float = Field(
+        allow_inf_nan=False,
         default=1.0,
         gt=0.0,
         le=1.0,
@@ -167,6 +175,7 @@ class TrainingSettings(_Body):
         examples=[1.0],
     )
     lr: float = Field(
+        allow_inf_nan=False,
         default=1e-4,
         gt=0.0,
         le=0.1,
@@ -174,9 +183,15 @@ class TrainingSettings(_Body):
         examples=[0.0001],
     )
     batch_size: int = Field(
-        default=32, ge=1, le=256, description="Texts per training batch.", examples=[32]
+        strict=True,
+        default=32,
+        ge=1,
+        le=256,
+        description="Texts per training batch.",
+        examples=[32],
     )
     max_length: int = Field(
+        strict=True,
         default=128,
         ge=8,
         le=512,
@@ -184,6 +199,7 @@ class TrainingSettings(_Body):
         examples=[128],
     )
     probe_size: int = Field(
+        strict=True,
         default=1024,
         ge=4,
         le=8192,
@@ -193,6 +209,7 @@ class TrainingSettings(_Body):
         examples=[1024],
     )
     seed: int = Field(
+        strict=True,
         default=0,
         ge=0,
         le=2**31 - 1,
@@ -329,12 +346,14 @@ class JobCreate(_Body):
         examples=[[[["product", "severity"], ["channel"]]]],
     )
     verify: bool = Field(
+        strict=True,
         default=False,
         description="Also train the multi-task model of every group discussed and compare it "
         "with the single-task models on held-out data (slower).",
         examples=[False],
     )
     max_groups: int | None = Field(
+        strict=True,
         default=None,
         ge=1,
         description="A budget of models: the recommendation has at most this many groups "

@@ -3,6 +3,7 @@ pagination, recommendations, and owner isolation over every route (PostgreSQL, r
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -232,6 +233,20 @@ def test_a_dataset_id_in_another_uuid_spelling_finds_its_dataset(api: Api) -> No
     assert job["dataset_ids"] == [dataset["id"]]
 
 
+@pytest.mark.parametrize("field", ["lr", "step_fraction"])
+def test_a_non_finite_number_is_refused_as_such(api: Api, field: str) -> None:
+    """Python's JSON parser reads NaN and Infinity; a bound check would call NaN out of range."""
+    dataset = api.dataset()
+    for value in (float("nan"), float("inf")):
+        body = api.job_body(dataset["id"], training={field: value})
+        response = api.client.post(
+            "/jobs",
+            content=json.dumps(body),
+            headers={**api.auth(), "Content-Type": "application/json"},
+        )
+        assert_error(response, 422, f"training.{field}", "finite number")
+
+
 def test_the_default_probe_size_adapts_to_small_data(api: Api) -> None:
     dataset = api.dataset()
     body = api.job_body(dataset["id"], training={})
@@ -265,6 +280,10 @@ INVALID: list[tuple[str, dict[str, Any], int, str | None, list[str]]] = [
     ("empty name", {"tasks": ["topic", ""]}, 422, "tasks[1]", ["at least 1 character"]),
     ("lr zero", {"training": {"lr": 0}}, 422, "training.lr", ["greater than 0"]),
     ("lr big", {"training": {"lr": 0.5}}, 422, "training.lr", ["less than or equal to 0.1"]),
+    ("epochs true", {"training": {"epochs": True}}, 422, "training.epochs", ["valid integer"]),
+    ("epochs text", {"training": {"epochs": "3"}}, 422, "training.epochs", ["valid integer"]),
+    ("max groups true", {"max_groups": True}, 422, "max_groups", ["valid integer"]),
+    ("verify text", {"verify": "yes"}, 422, "verify", ["valid boolean"]),
     ("epochs", {"training": {"epochs": 0}}, 422, "training.epochs", ["greater than or equal"]),
     ("epochs big", {"training": {"epochs": 51}}, 422, "training.epochs", ["less than or equal"]),
     ("max steps", {"training": {"max_steps": 0}}, 422, "training.max_steps", ["greater"]),
