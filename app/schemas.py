@@ -124,6 +124,13 @@ class DatasetPublic(BaseModel):
         "can be a task of a job.",
         examples=[{"product": {"billing": 410, "search": 390}, "channel": {"email": 500}}],
     )
+    missing_labels: dict[str, int] = Field(
+        description="For each label column, the rows that have no label in it: empty cells "
+        "and the usual spellings of a missing value (`NA`, `N/A`, `NaN`, `null`, `None`, "
+        "`#N/A`, ...) count as missing, and a task leaves those rows out of its training and "
+        "validation data. A value meant as a class must be spelt otherwise.",
+        examples=[{"product": 0, "channel": 300}],
+    )
     created_at: datetime = Field(
         description="When the dataset was uploaded (UTC).", examples=[_TIME_EXAMPLE]
     )

@@ -429,6 +429,17 @@ def _decode_utf8(data: bytes) -> str:
 def _read_csv(text: str, max_rows: int | None) -> pd.DataFrame:
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:
         csv.field_size_limit(_CSV_FIELD_LIMIT)
+    first, newline, rest = text.partition("\n")
+    hint = first.strip()
+    if len(hint) == 5 and hint.lower().startswith("sep="):
+        # Excel's delimiter line, above the header: a comma one is skipped (a blank line keeps
+        # the line numbers of error messages right); another delimiter is not read.
+        if hint[4] != ",":
+            raise DataError(
+                f"the file starts with Excel's {hint!r} line: its delimiter is {hint[4]!r}; "
+                "save the file as comma-separated CSV"
+            )
+        text = newline + rest
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header: list[str] | None = None
     rows: list[list[str]] = []

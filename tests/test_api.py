@@ -208,10 +208,25 @@ def test_upload_csv_answers_columns_and_label_columns(api: Api) -> None:
     assert labels["topic"] == {t: 10 for t in sorted(TOPICS)}
     assert labels["rare"] == {"a": 38, "b": 2}
     assert "text" not in labels and "ident" not in labels and "constant" not in labels
+    assert body["missing_labels"] == {column: 0 for column in labels}
     row = api.session.get(Dataset, body["id"])
     assert row is not None and row.owner == "alice"
     assert Path(row.artifact_path).read_bytes() == csv_bytes()
     assert stored_files(api) == [Path(row.artifact_path)]
+
+
+def test_upload_counts_the_rows_each_label_column_leaves_out(api: Api) -> None:
+    """NA, None and empty cells are missing labels; the answer says how many, per column."""
+    rows = ["text,answer,topic"] + [
+        f"t{i},{['yes', 'no', 'NA', 'None', ''][i % 5]},{'ab'[i % 2]}" for i in range(20)
+    ]
+    response = api.upload(("\n".join(rows) + "\n").encode(), "answers.csv")
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["label_columns"]["answer"] == {"no": 4, "yes": 4}
+    assert body["missing_labels"] == {"answer": 12, "topic": 0}
+    listed = api.client.get("/datasets", headers=api.auth()).json()["data"]
+    assert listed[0]["missing_labels"] == body["missing_labels"]
 
 
 @pytest.mark.parametrize(

@@ -210,6 +210,15 @@ def test_empty_file(tmp_path: Path, data: bytes, ext: str) -> None:
         read_table(write_bytes(tmp_path, f"d.{ext}", data))
 
 
+def test_excel_delimiter_line_above_the_header(tmp_path: Path) -> None:
+    frame = read_table(write_csv(tmp_path, "d.csv", "sep=,\r\ntext,label\r\na,x\r\nb,y\r\n"))
+    assert list(frame.columns) == ["text", "label"] and frame["label"].tolist() == ["x", "y"]
+    with pytest.raises(DataError, match=r"malformed CSV: row 1 \(line 3\)"):
+        read_table(write_csv(tmp_path, "e.csv", "sep=,\ntext,label\na,x,z\n"))
+    with pytest.raises(DataError, match="Excel's 'sep=;' line: its delimiter is ';'"):
+        read_table(write_csv(tmp_path, "f.csv", "sep=;\ntext;label\na;x\n"))
+
+
 def test_empty_parquet_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="empty"):
         read_table(write_bytes(tmp_path, "d.parquet", b""))

@@ -44,6 +44,10 @@ def to_public(dataset: Dataset) -> DatasetPublic:
         row_count=dataset.row_count,
         columns=list(dataset.columns),
         label_columns=dict(dataset.label_summary),
+        missing_labels={
+            column: dataset.row_count - sum(counts.values())
+            for column, counts in dataset.label_summary.items()
+        },
         created_at=dataset.created_at,
     )
 
