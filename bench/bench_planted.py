@@ -125,7 +125,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # At k = 0 or k = n one end is exactly 0 or 1; floating point would miss it by an ulp.
+    return (0.0 if k == 0 else centre - half, 1.0 if k == n else centre + half)
 
 
 def summarise(runs: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> dict[str, Any]:

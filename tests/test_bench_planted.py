@@ -1,0 +1,77 @@
+"""Tests for bench/bench_planted.py: the plan's order, the Wilson interval, the summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import bench_planted as bp
+
+
+def _prereg(tmp_path: Path) -> Path:
+    path = tmp_path / "plan.json"
+    spec = {"levels": ["low", "mid"], "task_counts": [3, 4], "rows": 400, "seeds": [7, 8]}
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_the_plan_is_seed_major_so_every_prefix_is_balanced(tmp_path: Path) -> None:
+    runs = bp.plan(_prereg(tmp_path))
+    assert [r["name"] for r in runs[:4]] == [
+        "sweep-low-t3-400-s7",
+        "sweep-low-t4-400-s7",
+        "sweep-mid-t3-400-s7",
+        "sweep-mid-t4-400-s7",
+    ]
+    assert len(runs) == 8 and {r["seed"] for r in runs[4:]} == {8}
+    case = bp.case_of(runs[1])
+    frame, tasks, planted = case.load()
+    assert len(frame) == 400 and len(tasks) == 4
+    assert planted is not None and sorted(map(len, planted)) == [1, 1, 2]
+
+
+def test_the_committed_plan_reads() -> None:
+    """The plan in bench/results is the one the sweep runs: 40 runs, four cells of ten."""
+    runs = bp.plan(Path(__file__).resolve().parents[1] / bp.PREREG)
+    assert len(runs) == 40 and len({r["name"] for r in runs}) == 40
+
+
+def test_wilson_interval() -> None:
+    assert bp.wilson(0, 0) == (0.0, 1.0)
+    low, high = bp.wilson(10, 10)
+    assert high == 1.0 and low == pytest.approx(0.722, abs=1e-3)  # the known 10/10 bound
+    low, high = bp.wilson(8, 10)
+    assert low == pytest.approx(0.490, abs=1e-3) and high == pytest.approx(0.943, abs=1e-3)
+
+
+@given(st.integers(0, 200), st.integers(1, 200))
+def test_wilson_interval_holds_the_proportion(k: int, n: int) -> None:
+    k = min(k, n)
+    low, high = bp.wilson(k, n)
+    assert 0.0 <= low <= k / n <= high <= 1.0
+
+
+def test_summary_counts_recoveries_misses_and_runs_not_yet_measured(tmp_path: Path) -> None:
+    runs = bp.plan(_prereg(tmp_path))
+    planted = [["a", "b"], ["c"]]
+    results = {
+        runs[0]["name"]: {"recovered": True, "recommended": planted},
+        runs[4]["name"]: {"recovered": False, "recommended": [["a", "b", "c"]]},
+        runs[2]["name"]: {"recovered": True, "recommended": planted},
+    }
+    cells = bp.summarise(runs, results)
+    assert cells["low-t3"]["recovered"] == 1 and cells["low-t3"]["runs"] == 2
+    assert cells["low-t3"]["misses"] == [
+        {"name": runs[4]["name"], "recommended": [["a", "b", "c"]]}
+    ]
+    assert cells["mid-t3"]["runs"] == 1 and cells["mid-t3"]["missing"] == [runs[6]["name"]]
+    assert cells["low-t4"]["runs"] == 0 and cells["low-t4"]["interval_95"] == [0.0, 1.0]
+    assert bp.same_partition([["b", "a"], ["c"]], planted)
+    assert not bp.same_partition([["a"], ["b"], ["c"]], planted)
