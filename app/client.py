@@ -53,6 +53,10 @@ class ServiceError(Exception):
         self.message = message
 
 
+class OutputError(Exception):
+    """The result could not be written where ``--out`` says."""
+
+
 def _id(job_id: str) -> str:
     """An id as one path segment, whatever the user typed."""
     if not job_id.strip():
@@ -303,9 +307,32 @@ def _print_job(job: dict[str, Any]) -> None:
         print(f"  error: {job['error']}")
 
 
+def _out_problem(out: Path | None) -> str | None:
+    """Why ``--out`` cannot be written, checked before any work (a job may run for hours)."""
+    if out is None:
+        return None
+    if out.is_dir():
+        return f"{out} is a folder; give a file name"
+    parent = next((p for p in out.resolve().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        return f"{parent} is a file, not a folder"
+    return None
+
+
+def _write_out(out: Path, text: str) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"--out: cannot write {out}: {exc.strerror or exc}") from None
+
+
 def cmd_submit(client: ServiceClient, args: argparse.Namespace) -> int:
     if not args.data.is_file():
         print(f"error: DATA: no such file: {args.data}", file=sys.stderr)
+        return EXIT_USAGE
+    if (problem := _out_problem(args.out)) is not None:
+        print(f"error: --out: {problem}", file=sys.stderr)
         return EXIT_USAGE
     for option in ("lr", "step_fraction"):
         value = getattr(args, option)
@@ -330,18 +357,18 @@ def cmd_submit(client: ServiceClient, args: argparse.Namespace) -> int:
         body["max_groups"] = args.max_groups
     try:
         job = client.submit(body, idempotency_key=args.idempotency_key)
-    except (ServiceError, ValueError) as exc:
+    except ServiceError as exc:
         # A refused job leaves its upload unused: remove it, so a retry after a typo does not
         # pile up copies. An error with no answer, or a 5xx, may hide a job that was created.
-        refused = not isinstance(exc, ServiceError) or (
-            exc.status is not None and 400 <= exc.status < 500
-        )
-        if refused:
+        if exc.status is not None and 400 <= exc.status < 500:
             try:
                 client.delete_dataset(dataset["id"])
                 print(f"removed the upload (dataset {dataset['id']})", file=sys.stderr)
-            except ServiceError:
-                pass  # the submit's own error is the one to report
+            except ServiceError as again:
+                print(
+                    f"could not remove the upload (dataset {dataset['id']}): {again.message}",
+                    file=sys.stderr,
+                )
         raise
     print(
         f"job {job['id']} submitted: {len(args.tasks)} tasks, model {args.model}", file=sys.stderr
@@ -363,8 +390,7 @@ def _finish(client: ServiceClient, job_id: str, quiet: bool, out: Path | None) -
     rec = client.recommendation(job_id)
     print(render(rec))
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(rec, indent=2))
+        _write_out(out, json.dumps(rec, indent=2))
         print(f"\nFull recommendation: {out}")
     print(f"Report: {client.server}/recommendations/{job_id}/report")
     return 0
@@ -402,10 +428,13 @@ def cmd_report(client: ServiceClient, args: argparse.Namespace) -> int:
     from app.pages import standalone_report
     from models.schema import Recommendation
 
+    if (problem := _out_problem(args.out)) is not None:
+        print(f"error: --out: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+
     rec = Recommendation.model_validate(client.recommendation(args.job_id))
     out = args.out if args.out is not None else Path(f"report-{args.job_id}.html")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(standalone_report(rec, args.job_id, server=client.server), encoding="utf-8")
+    _write_out(out, standalone_report(rec, args.job_id, server=client.server))
     print(f"wrote {out}")
     if args.open:
         webbrowser.open(out.resolve().as_uri())
@@ -446,6 +475,6 @@ def run_client_command(args: argparse.Namespace) -> int:
     except httpx.InvalidURL as exc:
         print(f"error: --server: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:  # writing --out: a folder, a missing parent, no permission
+    except OutputError as exc:  # writing --out (after the work; checked before it too)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -125,10 +125,11 @@ class DatasetPublic(BaseModel):
         examples=[{"product": {"billing": 410, "search": 390}, "channel": {"email": 500}}],
     )
     missing_labels: dict[str, int] = Field(
-        description="For each label column, the rows that have no label in it: empty cells "
-        "and the usual spellings of a missing value (`NA`, `N/A`, `NaN`, `null`, `None`, "
-        "`#N/A`, ...) count as missing, and a task leaves those rows out of its training and "
-        "validation data. A value meant as a class must be spelt otherwise.",
+        description="For each label column, the rows that have no label in it; a task leaves "
+        "those rows out of its training and validation data. Missing: in CSV, empty cells and "
+        "the usual spellings of a missing value (`NA`, `N/A`, `NaN`, `null`, `None`, `#N/A`, "
+        "...; a class meant to be spelt so must be spelt otherwise); in JSONL and Parquet, "
+        "null, NaN and empty or blank strings.",
         examples=[{"product": 0, "channel": 300}],
     )
     created_at: datetime = Field(
@@ -151,8 +152,8 @@ class DatasetsPublic(BaseModel):
 
 
 class TrainingSettings(_Body):
-    """Fine-tuning settings shared by every model of the job. Integers must be JSON numbers
-    (``true`` or ``"3"`` is refused, not read as 1 or 3), and rates finite numbers."""
+    """Fine-tuning settings shared by every model of the job. Integers must be JSON integers
+    (``3.0``, ``true`` or ``"3"`` is refused, not read as 3 or 1), and rates finite numbers."""
 
     epochs: int = Field(
         strict=True,

@@ -17,12 +17,16 @@ suite's synthetic settings. The plan (levels, shapes, seeds, order) is written d
     .venv/bin/python bench/bench_planted.py run [--threads N] [--only NAME,...] [--every K/M]
     .venv/bin/python bench/bench_planted.py report [--out bench/out/planted.json]
 
-``--every K/M`` runs the K-th of every M runs of the plan (from 0), so M queues can share it.
+``--every K/M`` runs the seeds whose place in the plan is K modulo M (from 0), every cell of
+each, so M queues share the plan and any prefix of each queue stays balanced. ``run`` refuses
+to start when ``models/calibration.json`` is not the one the plan names: a sweep finished in a
+later session judges the same rule or none.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -45,6 +49,26 @@ PREREG = Path("bench/results/planted_sweep_prereg.json")
 SHAPES = {3: (2, 1), 4: (2, 1, 1)}  # features per latent: a planted pair, then unrelated tasks
 # The suite's synthetic MiniLM settings (``bench_quality.default_suite``'s ``minilm_synth``).
 TRAINING = TrainingConfig(epochs=2, lr=1e-4, batch_size=32, max_length=40, probe_size=512)
+
+
+CALIBRATION = Path("models/calibration.json")
+
+
+def calibration_sha256(path: Path = CALIBRATION) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def queue_of(runs: list[dict[str, Any]], every: str) -> list[dict[str, Any]]:
+    """The runs of queue ``K/M``: whole seeds, the K-th of every M in the plan's seed order."""
+    try:
+        k, m = (int(x) for x in every.split("/"))
+    except ValueError:
+        raise ValueError(f"--every: {every!r} is not K/M") from None
+    if not 0 <= k < m:
+        raise ValueError(f"--every: {every!r} needs 0 <= K < M")
+    seeds = list(dict.fromkeys(r["seed"] for r in runs))
+    mine = set(seeds[k::m])
+    return [r for r in runs if r["seed"] in mine]
 
 
 def plan(prereg: Path = PREREG) -> list[dict[str, Any]]:
@@ -95,10 +119,11 @@ def recommend(run: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     spec = case_spec(case, frame, tasks, analysis=AnalysisConfig(device=device))  # type: ignore[arg-type]
     t0 = time.perf_counter()
     job = prepare(spec)
+    prepare_s = time.perf_counter() - t0
     tracker = Progress(None, {"finetune": 1.0})
     tracker.start("finetune")
     run_finetunes(job, tracker, None, None, seeds=[TRAINING.seed])
-    finetune_s = time.perf_counter() - t0
+    finetune_s = time.perf_counter() - t0 - prepare_s
     rec = analyze(job)
     assert planted is not None  # the generator always plants
     return {
@@ -113,7 +138,12 @@ def recommend(run: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
         ],
         "stl_macro_f1": {n: job.stl[n][0].macro_f1 for n in tasks},
         "thresholds": rec["settings"]["thresholds"],
-        "seconds": {"finetune": finetune_s, "total": time.perf_counter() - t0},
+        "calibration_sha256": calibration_sha256(),
+        "seconds": {
+            "prepare": prepare_s,
+            "finetune": finetune_s,
+            "total": time.perf_counter() - t0,
+        },
         "machine": f"{os.cpu_count()} cores, {cpu_model()}",
     }
 
@@ -159,10 +189,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     wanted = set(filter(None, args.only.split(",")))
-    k, m = (int(x) for x in args.every.split("/"))
-    for i, run in enumerate(plan()):
+    pinned = json.loads(PREREG.read_text())["calibration_sha256"]
+    if calibration_sha256() != pinned:
+        print(
+            f"error: {CALIBRATION} is not the calibration the plan judges ({PREREG}); the "
+            "sweep would mix two rules",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        queue = queue_of(plan(), args.every)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for run in queue:
         path = OUT / f"{run['name']}.json"
-        if (wanted and run["name"] not in wanted) or i % m != k or path.is_file():
+        if (wanted and run["name"] not in wanted) or path.is_file():
             continue
         start = time.perf_counter()
         result = recommend(run, args.device)
@@ -198,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="recommend on the plan's fresh planted datasets (resumable)")
     run.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     run.add_argument("--only", default="", help="comma-separated run names (exact)")
-    run.add_argument("--every", default="0/1", help="K/M: the K-th of every M runs (queues)")
+    run.add_argument("--every", default="0/1", help="K/M: the K-th of every M seeds (queues)")
     run.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     rep = sub.add_parser("report", help="recovery per noise level and task count")
     rep.add_argument("--out", type=Path, default=Path("bench/out/planted.json"))

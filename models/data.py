@@ -430,7 +430,7 @@ def _read_csv(text: str, max_rows: int | None) -> pd.DataFrame:
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:
         csv.field_size_limit(_CSV_FIELD_LIMIT)
     first, newline, rest = text.partition("\n")
-    hint = first.strip()
+    hint = first.rstrip("\r")  # not strip(): "sep=\t" names a tab
     if len(hint) == 5 and hint.lower().startswith("sep="):
         # Excel's delimiter line, above the header: a comma one is skipped (a blank line keeps
         # the line numbers of error messages right); another delimiter is not read.
@@ -623,6 +623,17 @@ def _read_parquet(data: bytes, max_rows: int | None) -> pd.DataFrame:
     # already: ``set_index(col, drop=False)`` keeps the column, and the index repeats it.
     columns = {str(c) for c in frame.columns}
     levels = [n for n in frame.index.names if n is not None and str(n) not in columns]
+    for name in frame.index.names:
+        if name is None or str(name) not in columns:
+            continue
+        index_values = frame.index.get_level_values(name)
+        column = frame[next(c for c in frame.columns if str(c) == str(name))]
+        if not pd.Index(index_values).equals(pd.Index(column)):
+            raise DataError(
+                "the Parquet file's index has the name of a column but other values; write "
+                "it with index=False or rename it",
+                column=str(name),
+            )
     try:
         if levels:
             frame = frame.reset_index(level=levels)

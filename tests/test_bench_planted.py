@@ -41,6 +41,20 @@ def test_the_committed_plan_reads() -> None:
     """The plan in bench/results is the one the sweep runs: 40 runs, four cells of ten."""
     runs = bp.plan(Path(__file__).resolve().parents[1] / bp.PREREG)
     assert len(runs) == 40 and len({r["name"] for r in runs}) == 40
+    cells = {(r["level"], r["tasks"]) for r in runs}
+    assert cells == {("low", 3), ("low", 4), ("mid", 3), ("mid", 4)}
+    assert all(sum((r["level"], r["tasks"]) == c for r in runs) == 10 for c in cells)
+
+
+def test_queues_take_whole_seeds(tmp_path: Path) -> None:
+    runs = bp.plan(_prereg(tmp_path))
+    first, second = bp.queue_of(runs, "0/2"), bp.queue_of(runs, "1/2")
+    assert {r["seed"] for r in first} == {7} and {r["seed"] for r in second} == {8}
+    assert len(first) == len(second) == 4  # every cell of its seed
+    assert bp.queue_of(runs, "0/1") == runs
+    for bad in ("2/2", "0/0", "x", "1"):
+        with pytest.raises(ValueError, match="--every"):
+            bp.queue_of(runs, bad)
 
 
 def test_wilson_interval() -> None:

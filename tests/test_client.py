@@ -173,6 +173,9 @@ def test_client_errors_name_the_problem(live: LiveServer, data: Path) -> None:
     assert "tg_secret" not in control.stderr
     empty_id = cli(live, "show", "  ")
     assert empty_id.returncode == 2 and "job id is empty" in empty_id.stderr
+    folder = cli(live, "submit", str(data), "--text-column", "text", "--tasks", TASKS, "--out", "/")
+    assert folder.returncode == 2 and "--out: / is a folder" in folder.stderr
+    assert "uploaded" not in folder.stderr
     bad_server = cli(live, "show", "x", "--server", "http://[::1")
     assert bad_server.returncode == 2 and "--server" in bad_server.stderr
     assert "Traceback" not in bad_server.stderr

@@ -217,6 +217,8 @@ def test_excel_delimiter_line_above_the_header(tmp_path: Path) -> None:
         read_table(write_csv(tmp_path, "e.csv", "sep=,\ntext,label\na,x,z\n"))
     with pytest.raises(DataError, match="Excel's 'sep=;' line: its delimiter is ';'"):
         read_table(write_csv(tmp_path, "f.csv", "sep=;\ntext;label\na;x\n"))
+    with pytest.raises(DataError, match="its delimiter is '\\\\t'"):
+        read_table(write_csv(tmp_path, "g.csv", "sep=\t\r\ntext\tlabel\r\na\tx\r\n"))
 
 
 def test_empty_parquet_file(tmp_path: Path) -> None:
@@ -398,6 +400,15 @@ def test_parquet_index_that_repeats_a_column_is_dropped(tmp_path: Path, levels: 
     expected = (["other"] if len(levels) > 1 else []) + ["id", "k", "text"]
     assert list(read.columns) == expected
     assert read["id"].tolist() == [5, 6] and list(read.index) == [0, 1]
+
+
+def test_parquet_index_named_like_a_column_with_other_values(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"id": [1, 2], "text": ["a", "b"]}, index=pd.Index([7, 8], name="id"))
+    path = tmp_path / "d.parquet"
+    frame.to_parquet(path)
+    with pytest.raises(DataError, match="name of a column but other values") as info:
+        read_table(path)
+    assert info.value.column == "id"
 
 
 def test_parquet_categorical_and_numeric_columns(tmp_path: Path) -> None:
