@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import NOISES, Case, case_spec, save, synth_loader
 from machine import cpu_model
 
+from models import grouping as grp
 from models.options import AnalysisConfig, TrainingConfig
 
 OUT = Path("bench/results/planted")  # kept in the repository, like the quality cases
@@ -132,10 +133,8 @@ def recommend(run: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
         "recommended": rec["grouping"],
         "recovered": same_partition(rec["grouping"], planted),
         "verdicts": rec.get("groups"),
-        "pairs": [
-            {k: p[k] for k in ("tasks", "cka_min", "cka_mean", "grad_cosine", "conflict_rate")}
-            for p in rec["pairs"]
-        ],
+        # Whole, as the service reports them: any grouping rule can be recomputed from them.
+        "pairs": rec["pairs"],
         "stl_macro_f1": {n: job.stl[n][0].macro_f1 for n in tasks},
         "thresholds": rec["settings"]["thresholds"],
         "calibration_sha256": calibration_sha256(),
@@ -146,6 +145,22 @@ def recommend(run: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
         },
         "machine": f"{os.cpu_count()} cores, {cpu_model()}",
     }
+
+
+# The grouping rules a plan may compare (its "rules"), by the pair evidence class they read: a
+# rule that changes how evidence becomes a grouping is a subclass here, judged on the same runs.
+RULES: dict[str, type[grp.PairEvidence]] = {"shipped": grp.PairEvidence}
+
+
+def regroup(result: dict[str, Any], rule: str) -> list[list[str]] | None:
+    """The grouping ``rule`` recommends from a run's stored evidence; None for a run stored
+    before whole pair reports were kept."""
+    if not all("rep_measure" in p for p in result["pairs"]):
+        return None
+    tasks = [t for g in result["planted"] for t in g]
+    table = grp.PairTable.from_pairs(tasks, map(RULES[rule].from_report, result["pairs"]))
+    th = grp.Thresholds(**result["thresholds"])
+    return grp.recommend_grouping(tasks, table, th).grouping
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -159,24 +174,46 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (0.0 if k == 0 else centre - half, 1.0 if k == n else centre + half)
 
 
-def summarise(runs: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Recovery per (noise level, task count) over the plan's runs that have a result, with the
-    planned runs not yet measured listed."""
+def summarise(
+    runs: list[dict[str, Any]], results: dict[str, dict[str, Any]], rule: str = "shipped"
+) -> dict[str, Any]:
+    """Recovery per (noise level, task count) under ``rule`` over the plan's runs that have a
+    result (``shipped``: the service's own recommendation, as stored; another rule: recomputed
+    from the stored evidence, :func:`regroup`), with the planned runs not yet measured, and
+    those stored without whole pair reports (``unjudged``: another rule cannot read them)."""
     cells: dict[str, dict[str, Any]] = {}
     for run in runs:
         key = f"{run['level']}-t{run['tasks']}"
-        cell = cells.setdefault(key, {"recovered": 0, "runs": 0, "missing": [], "misses": []})
+        cell = cells.setdefault(
+            key, {"recovered": 0, "runs": 0, "missing": [], "misses": [], "unjudged": 0}
+        )
         result = results.get(run["name"])
         if result is None:
             cell["missing"].append(run["name"])
             continue
+        grouping = result["recommended"] if rule == "shipped" else regroup(result, rule)
+        if grouping is None:
+            cell["unjudged"] += 1
+            continue
+        recovered = same_partition(grouping, result["planted"])
         cell["runs"] += 1
-        cell["recovered"] += bool(result["recovered"])
-        if not result["recovered"]:
-            cell["misses"].append({"name": run["name"], "recommended": result["recommended"]})
+        cell["recovered"] += recovered
+        if not recovered:
+            cell["misses"].append({"name": run["name"], "recommended": grouping})
     for cell in cells.values():
         cell["interval_95"] = list(wilson(cell["recovered"], cell["runs"]))
     return cells
+
+
+def not_reproduced(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Runs whose stored recommendation the ``shipped`` rule does not give again from their
+    stored evidence (a check that :func:`regroup` reads the evidence as the service did)."""
+    return [
+        name
+        for name, result in results.items()
+        if (again := regroup(result, "shipped")) is not None
+        and not same_partition(again, result["recommended"])
+    ]
 
 
 def load_results(folder: Path = OUT) -> dict[str, dict[str, Any]]:
@@ -189,16 +226,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     wanted = set(filter(None, args.only.split(",")))
-    pinned = json.loads(PREREG.read_text())["calibration_sha256"]
+    pinned = json.loads(args.plan.read_text())["calibration_sha256"]
     if calibration_sha256() != pinned:
         print(
-            f"error: {CALIBRATION} is not the calibration the plan judges ({PREREG}); the "
+            f"error: {CALIBRATION} is not the calibration the plan judges ({args.plan}); the "
             "sweep would mix two rules",
             file=sys.stderr,
         )
         return 2
     try:
-        queue = queue_of(plan(), args.every)
+        queue = queue_of(plan(args.plan), args.every)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -219,18 +256,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    runs = plan()
-    cells = summarise(runs, load_results())
+    runs = plan(args.plan)
+    rules = json.loads(args.plan.read_text()).get("rules", ["shipped"])
+    results = load_results()
+    by_rule = {rule: summarise(runs, results, rule) for rule in rules}
+    mismatched = not_reproduced(
+        {r["name"]: results[r["name"]] for r in runs if r["name"] in results}
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"prereg": str(PREREG), "cells": cells}, indent=1))
-    print("| noise, tasks | recovered | runs | 95% interval | not run yet |")
-    print("| --- | --- | --- | --- | --- |")
-    for key, cell in cells.items():
-        low, high = cell["interval_95"]
-        print(
-            f"| {key} | {cell['recovered']} | {cell['runs']} | {low:.2f}-{high:.2f} | "
-            f"{len(cell['missing'])} |"
+    args.out.write_text(
+        json.dumps(
+            {"prereg": str(args.plan), "rules": by_rule, "not_reproduced": mismatched}, indent=1
         )
+    )
+    print(f"plan {args.plan}")
+    if mismatched:
+        print(f"stored recommendations not reproduced from their evidence: {mismatched}")
+    print("| rule | noise, tasks | recovered | runs | 95% interval | not run yet | misses |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for rule, cells in by_rule.items():
+        for key, cell in cells.items():
+            low, high = cell["interval_95"]
+            misses = ", ".join(m["name"].rsplit("-", 1)[-1] for m in cell["misses"]) or "–"
+            print(
+                f"| {rule} | {key} | {cell['recovered']} | {cell['runs']} | {low:.2f}-{high:.2f} "
+                f"| {len(cell['missing'])} | {misses} |"
+            )
     return 0
 
 
@@ -242,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--only", default="", help="comma-separated run names (exact)")
     run.add_argument("--every", default="0/1", help="K/M: the K-th of every M seeds (queues)")
     run.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    run.add_argument("--plan", type=Path, default=PREREG, help="the written plan to run")
     rep = sub.add_parser("report", help="recovery per noise level and task count")
     rep.add_argument("--out", type=Path, default=Path("bench/out/planted.json"))
+    rep.add_argument("--plan", type=Path, default=PREREG, help="the written plan to read")
     args = parser.parse_args(argv)
     return cmd_run(args) if args.command == "run" else cmd_report(args)
 

@@ -76,9 +76,9 @@ def test_summary_counts_recoveries_misses_and_runs_not_yet_measured(tmp_path: Pa
     runs = bp.plan(_prereg(tmp_path))
     planted = [["a", "b"], ["c"]]
     results = {
-        runs[0]["name"]: {"recovered": True, "recommended": planted},
-        runs[4]["name"]: {"recovered": False, "recommended": [["a", "b", "c"]]},
-        runs[2]["name"]: {"recovered": True, "recommended": planted},
+        runs[0]["name"]: {"planted": planted, "recommended": [["b", "a"], ["c"]]},
+        runs[4]["name"]: {"planted": planted, "recommended": [["a", "b", "c"]]},
+        runs[2]["name"]: {"planted": planted, "recommended": planted},
     }
     cells = bp.summarise(runs, results)
     assert cells["low-t3"]["recovered"] == 1 and cells["low-t3"]["runs"] == 2
@@ -89,3 +89,42 @@ def test_summary_counts_recoveries_misses_and_runs_not_yet_measured(tmp_path: Pa
     assert cells["low-t4"]["runs"] == 0 and cells["low-t4"]["interval_95"] == [0.0, 1.0]
     assert bp.same_partition([["b", "a"], ["c"]], planted)
     assert not bp.same_partition([["a"], ["b"], ["c"]], planted)
+
+
+def _pair(a: str, b: str, partial: float, layer: int | None, cosine: float) -> dict[str, object]:
+    return {
+        "tasks": [a, b],
+        "rep_measure": "partial_cka",
+        "partial_cka_min": partial,
+        "partial_cka_min_layer": layer,
+        "grad_cosine": cosine,
+        "conflict_rate": 0.2,
+    }
+
+
+def test_regroup_recomputes_the_grouping_from_stored_evidence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    result = {
+        "planted": [["a", "b"], ["c"]],
+        "thresholds": {"tau_rep": 0.0, "tau_grad": -0.275, "rho": 0.9},
+        "pairs": [
+            _pair("a", "b", 0.6, 5, 0.05),
+            _pair("a", "c", -0.2, 6, 0.0),
+            _pair("b", "c", -0.1, 6, 0.0),
+        ],
+        "recommended": [["a", "b"], ["c"]],
+    }
+    grouping = bp.regroup(result, "shipped")
+    assert grouping is not None and bp.same_partition(grouping, [["a", "b"], ["c"]])
+    assert bp.not_reproduced({"r": result}) == []
+    assert bp.not_reproduced({"r": {**result, "recommended": [["a"], ["b"], ["c"]]}}) == ["r"]
+    # A run stored with the reduced pair keys of the first sweep cannot be read again.
+    reduced = {**result, "pairs": [{"tasks": p["tasks"]} for p in result["pairs"]]}
+    assert bp.regroup(reduced, "shipped") is None
+    # Another rule is recomputed from the evidence; a run it cannot read is counted, not judged.
+    monkeypatch.setitem(bp.RULES, "again", bp.grp.PairEvidence)
+    runs = [{"name": n, "level": "mid", "tasks": 3} for n in ("r", "s")]
+    cells = bp.summarise(runs, {"r": result, "s": reduced}, rule="again")
+    assert cells["mid-t3"]["recovered"] == 1 and cells["mid-t3"]["runs"] == 1
+    assert cells["mid-t3"]["unjudged"] == 1
