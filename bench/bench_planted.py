@@ -26,13 +26,14 @@ later session judges the same rule or none.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,9 +148,35 @@ def recommend(run: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class RawFallback(grp.PairEvidence):
+    """The ``raw_fallback`` rule (``planted_sweep_2_prereg.json``): where a pair's partial CKA
+    reads no layer (neither layer has both models moved 0.3; the verdict reads it as 1.0, as
+    shipped), the affinity that breaks ties between feasible groupings reads the pair's raw
+    min-layer CKA instead of that 1.0, so two such pairs are told apart by how alike their
+    models are rather than by the gradient cosine alone."""
+
+    raw_cka_min: float = 1.0
+
+    @classmethod
+    def from_report(cls, report: Mapping[str, Any]) -> RawFallback:
+        base = grp.PairEvidence.from_report(report)
+        fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+        return cls(**fields, raw_cka_min=float(report["cka_min"]))
+
+    @property
+    def affinity(self) -> float:
+        unread = self.measure == "partial_cka" and self.cka_min_layer is None
+        rep = self.raw_cka_min if unread and not self.cka_waived else self.cka_judged
+        return 0.5 * rep + 0.5 * self.grad_cosine
+
+
 # The grouping rules a plan may compare (its "rules"), by the pair evidence class they read: a
 # rule that changes how evidence becomes a grouping is a subclass here, judged on the same runs.
-RULES: dict[str, type[grp.PairEvidence]] = {"shipped": grp.PairEvidence}
+RULES: dict[str, type[grp.PairEvidence]] = {
+    "shipped": grp.PairEvidence,
+    "raw_fallback": RawFallback,
+}
 
 
 def regroup(result: dict[str, Any], rule: str) -> list[list[str]] | None:
@@ -203,6 +230,48 @@ def summarise(
     for cell in cells.values():
         cell["interval_95"] = list(wilson(cell["recovered"], cell["runs"]))
     return cells
+
+
+def compare_rules(
+    runs: list[dict[str, Any]], results: dict[str, dict[str, Any]], base: str, other: str
+) -> dict[str, Any]:
+    """Run by run, where ``other`` recommends differently from ``base``: which of the two
+    recovers the planted grouping, with the counts a plan's decision reads (``wins`` and
+    ``losses`` of ``other``, in all and at each noise level). Runs either rule cannot read
+    are left out."""
+    differ = []
+    for run in runs:
+        result = results.get(run["name"])
+        if result is None:
+            continue
+        a = result["recommended"] if base == "shipped" else regroup(result, base)
+        b = result["recommended"] if other == "shipped" else regroup(result, other)
+        if a is None or b is None or same_partition(a, b):
+            continue
+        differ.append(
+            {
+                "name": run["name"],
+                "level": run["level"],
+                base: a,
+                other: b,
+                "base_recovers": same_partition(a, result["planted"]),
+                "other_recovers": same_partition(b, result["planted"]),
+            }
+        )
+    levels = sorted({d["level"] for d in differ})
+    return {
+        "base": base,
+        "other": other,
+        "differ": differ,
+        "wins": sum(d["other_recovers"] and not d["base_recovers"] for d in differ),
+        "losses": sum(d["base_recovers"] and not d["other_recovers"] for d in differ),
+        "losses_by_level": {
+            lv: sum(
+                d["base_recovers"] and not d["other_recovers"] for d in differ if d["level"] == lv
+            )
+            for lv in levels
+        },
+    }
 
 
 def not_reproduced(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -263,10 +332,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     mismatched = not_reproduced(
         {r["name"]: results[r["name"]] for r in runs if r["name"] in results}
     )
+    comparisons = [compare_rules(runs, results, rules[0], other) for other in rules[1:]]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
-            {"prereg": str(args.plan), "rules": by_rule, "not_reproduced": mismatched}, indent=1
+            {
+                "prereg": str(args.plan),
+                "rules": by_rule,
+                "comparisons": comparisons,
+                "not_reproduced": mismatched,
+            },
+            indent=1,
         )
     )
     print(f"plan {args.plan}")
@@ -281,6 +357,18 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(
                 f"| {rule} | {key} | {cell['recovered']} | {cell['runs']} | {low:.2f}-{high:.2f} "
                 f"| {len(cell['missing'])} | {misses} |"
+            )
+    for c in comparisons:
+        print(
+            f"\n{c['other']} against {c['base']}: recommends differently on {len(c['differ'])} "
+            f"runs; recovers the planted grouping where {c['base']} does not on {c['wins']}, "
+            f"fails where it recovers on {c['losses']} (by noise level: {c['losses_by_level']})"
+        )
+        for d in c["differ"]:
+            print(
+                f"  {d['name']}: {c['base']} {d[c['base']]} "
+                f"({'recovers' if d['base_recovers'] else 'misses'}), {c['other']} "
+                f"{d[c['other']]} ({'recovers' if d['other_recovers'] else 'misses'})"
             )
     return 0
 

@@ -128,3 +128,30 @@ def test_regroup_recomputes_the_grouping_from_stored_evidence(
     cells = bp.summarise(runs, {"r": result, "s": reduced}, rule="again")
     assert cells["mid-t3"]["recovered"] == 1 and cells["mid-t3"]["runs"] == 1
     assert cells["mid-t3"]["unjudged"] == 1
+
+
+def test_raw_fallback_reads_the_raw_cka_where_no_layer_was_read() -> None:
+    """Two unread pairs (partial CKA 1.0 on both, the triple refused by a read pair): shipped
+    breaks the tie on the gradient cosine, raw_fallback on the raw min CKA."""
+    pairs = [
+        {**_pair("a", "b", 1.0, None, -0.02), "cka_min": 0.64},
+        {**_pair("a", "c", -0.15, 6, -0.01), "cka_min": 0.13},
+        {**_pair("b", "c", 1.0, None, 0.02), "cka_min": 0.18},
+    ]
+    result = {
+        "planted": [["a", "b"], ["c"]],
+        "thresholds": {"tau_rep": 0.0, "tau_grad": -0.275, "rho": 0.9},
+        "pairs": pairs,
+        "recommended": [["a"], ["b", "c"]],
+    }
+    assert bp.same_partition(bp.regroup(result, "shipped") or [], [["a"], ["b", "c"]])
+    assert bp.same_partition(bp.regroup(result, "raw_fallback") or [], [["a", "b"], ["c"]])
+    evidence = bp.RawFallback.from_report(pairs[0])
+    assert evidence.cka_judged == 1.0  # the verdict reads the partial CKA as shipped
+    assert evidence.affinity == pytest.approx(0.5 * 0.64 + 0.5 * -0.02)
+    read = bp.RawFallback.from_report(pairs[1])
+    assert read.affinity == pytest.approx(0.5 * -0.15 + 0.5 * -0.01)
+    runs = [{"name": "r", "level": "mid", "tasks": 3}]
+    out = bp.compare_rules(runs, {"r": result}, "shipped", "raw_fallback")
+    assert (out["wins"], out["losses"], out["losses_by_level"]) == (1, 0, {"mid": 0})
+    assert out["differ"][0]["name"] == "r" and out["differ"][0]["other_recovers"]
