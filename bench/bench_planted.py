@@ -33,7 +33,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,33 +149,23 @@ def recommend(run: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True)
-class RawFallback(grp.PairEvidence):
-    """The ``raw_fallback`` rule (``planted_sweep_2_prereg.json``): where a pair's partial CKA
-    reads no layer (neither layer has both models moved 0.3; the verdict reads it as 1.0, as
-    shipped), the affinity that breaks ties between feasible groupings reads the pair's raw
-    min-layer CKA instead of that 1.0, so two such pairs are told apart by how alike their
-    models are rather than by the gradient cosine alone."""
-
-    raw_cka_min: float = 1.0
-
-    @classmethod
-    def from_report(cls, report: Mapping[str, Any]) -> RawFallback:
-        base = grp.PairEvidence.from_report(report)
-        fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
-        return cls(**fields, raw_cka_min=float(report["cka_min"]))
+class BeforeRawFallback(grp.PairEvidence):
+    """The engine's tie-break affinity before ``raw_fallback`` was adopted: the sweeps' "shipped"
+    rule. A pair whose partial CKA reads no layer counts its representation term as 1.0 (the
+    value its verdict reads) instead of its raw min CKA."""
 
     @property
     def affinity(self) -> float:
-        unread = self.measure == "partial_cka" and self.cka_min_layer is None
-        rep = self.raw_cka_min if unread and not self.cka_waived else self.cka_judged
-        return 0.5 * rep + 0.5 * self.grad_cosine
+        return 0.5 * self.cka_judged + 0.5 * self.grad_cosine
 
 
 # The grouping rules a plan may compare (its "rules"), by the pair evidence class they read: a
 # rule that changes how evidence becomes a grouping is a subclass here, judged on the same runs.
+# "shipped" is the engine the sweeps' plans were written against; "raw_fallback", judged by
+# planted_sweep_2_prereg.json and adopted, is the engine's own evidence class since.
 RULES: dict[str, type[grp.PairEvidence]] = {
-    "shipped": grp.PairEvidence,
-    "raw_fallback": RawFallback,
+    "shipped": BeforeRawFallback,
+    "raw_fallback": grp.PairEvidence,
 }
 
 

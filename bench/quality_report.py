@@ -191,6 +191,14 @@ def measure_view(
     if partial_cka_min(case, case["tasks"][:2], move) is None:
         return None
     out = with_pair_cka(case, lambda c, tasks: partial_cka_min(c, tasks, move))
+    # What the engine's affinity reads beside the verdict's measure (table_of): the plain min
+    # CKA, and whether the partial CKA read any layer.
+    out["recommendation"]["pairs"] = [
+        {**p, "raw_cka_min": raw["cka_min"], "partial_unread": partial_unread(case, raw, move)}
+        for p, raw in zip(
+            out["recommendation"]["pairs"], case["recommendation"]["pairs"], strict=True
+        )
+    ]
     fast = case.get("fast")
     if fast:
         if fast.get("tasks"):
@@ -235,8 +243,29 @@ def engine_view(case: dict[str, Any], waive: bool = ENGINE_WAIVES) -> dict[str, 
 
 
 def table_of(case: dict[str, Any]) -> grp.PairTable:
-    pairs = case["recommendation"]["pairs"]
-    return grp.PairTable.from_pairs(case["tasks"], map(grp.PairEvidence.from_report, pairs))
+    """The pair table the engine would read: on the partial-CKA view (:func:`measure_view`), a
+    pair whose partial CKA read no layer is marked so, with its plain CKA beside it, as the
+    service's own pair reports mark it (``grouping.PairEvidence.affinity`` reads them)."""
+    evidence = []
+    for p in case["recommendation"]["pairs"]:
+        ev = grp.PairEvidence.from_report(p)
+        if "partial_unread" in p:
+            ev = dataclasses.replace(
+                ev,
+                measure="partial_cka",
+                cka_min_layer=None if p["partial_unread"] else ev.cka_min_layer,
+                raw_cka_min=p["raw_cka_min"],
+            )
+        evidence.append(ev)
+    return grp.PairTable.from_pairs(case["tasks"], evidence)
+
+
+def partial_unread(case: dict[str, Any], pair: dict[str, Any], move: float) -> bool:
+    """Whether ``pair``'s partial CKA reads no layer (neither layer has both models moved
+    ``move``; the verdict then reads it as 1.0)."""
+    pre = {t["name"]: t["cka_to_pretrained"] for t in case["recommendation"]["tasks"]}
+    a, b = pair["tasks"]
+    return partial_cka(pair["cka_per_layer"], pre[a], pre[b], move=move).min_layer is None
 
 
 def group_f1(case: dict[str, Any]) -> dict[frozenset[str], dict[str, float]]:

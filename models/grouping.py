@@ -168,6 +168,9 @@ class PairEvidence:
     # and its CKA compares a model that does not solve the task. The gradient conditions still hold.
     cka_waived: bool = False
     measure: str = "cka"  # a key of REP_MEASURES
+    # The pair's plain min-over-layers CKA, kept beside a partial CKA (None otherwise): where the
+    # partial CKA reads no layer, the affinity reads it (see ``affinity``).
+    raw_cka_min: float | None = None
 
     def __post_init__(self) -> None:
         if self.a == self.b:
@@ -180,6 +183,8 @@ class PairEvidence:
         for name in ("cka_min", "grad_cosine", "conflict_rate"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"tasks {self.a}, {self.b}: {name} must be finite")
+        if self.raw_cka_min is not None and not math.isfinite(self.raw_cka_min):
+            raise ValueError(f"tasks {self.a}, {self.b}: raw_cka_min must be finite")
         if not 0.0 <= self.conflict_rate <= 1.0:
             raise ValueError(
                 f"tasks {self.a}, {self.b}: conflict rate {self.conflict_rate} is not in [0, 1]"
@@ -197,13 +202,22 @@ class PairEvidence:
 
     @property
     def affinity(self) -> float:
-        """Pair affinity used for tie-breaks: 0.5 * cka_judged + 0.5 * grad_cosine.
+        """Pair affinity used for tie-breaks: 0.5 * representation + 0.5 * grad_cosine.
 
-        Both terms are on a cosine-like scale (CKA in [0, 1], partial CKA and cosine in [-1, 1]);
-        the conflict rate is left out because it is a threshold condition, not a measure of
-        closeness.
+        The representation term is ``cka_judged``, except for a partial CKA that reads no layer
+        (neither model moved far enough at a shared layer; ``cka_min_layer`` None): its verdict
+        reads 1.0, but as a closeness 1.0 would rank every such pair first and leave ties between
+        them to gradient cosines near 0, so the term reads the pair's plain min CKA
+        (``raw_cka_min``) where it is known. Judged on fresh planted data before adoption
+        (``bench/results/planted_sweep_2_prereg.json``). Both terms are on a cosine-like scale
+        (CKA in [0, 1], partial CKA and cosine in [-1, 1]); the conflict rate is left out because
+        it is a threshold condition, not a measure of closeness.
         """
-        return 0.5 * self.cka_judged + 0.5 * self.grad_cosine
+        rep = self.cka_judged
+        unread = self.measure == "partial_cka" and self.cka_min_layer is None
+        if unread and not self.cka_waived and self.raw_cka_min is not None:
+            rep = self.raw_cka_min
+        return 0.5 * rep + 0.5 * self.grad_cosine
 
     @property
     def label(self) -> str:
@@ -225,6 +239,7 @@ class PairEvidence:
             conflict_rate=report["conflict_rate"],
             cka_waived=bool(report.get("cka_waived", False)),
             measure=measure,
+            raw_cka_min=report.get("cka_min") if measure == "partial_cka" else None,
         )
 
     def passes(self, th: Thresholds) -> bool:

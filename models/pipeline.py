@@ -355,6 +355,7 @@ def pair_reports(
             conflict_rate=float(align.conflict_rate[i, j]),
             cka_waived=names[i] in unlearnt or names[j] in unlearnt,
             measure=measure,
+            raw_cka_min=float(curve[low]) if measure == "partial_cka" else None,
         )
         failures = grp.pair_failures(ev, th)
         out.append(

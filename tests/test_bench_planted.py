@@ -146,10 +146,12 @@ def test_raw_fallback_reads_the_raw_cka_where_no_layer_was_read() -> None:
     }
     assert bp.same_partition(bp.regroup(result, "shipped") or [], [["a"], ["b", "c"]])
     assert bp.same_partition(bp.regroup(result, "raw_fallback") or [], [["a", "b"], ["c"]])
-    evidence = bp.RawFallback.from_report(pairs[0])
+    evidence = bp.RULES["raw_fallback"].from_report(pairs[0])
     assert evidence.cka_judged == 1.0  # the verdict reads the partial CKA as shipped
     assert evidence.affinity == pytest.approx(0.5 * 0.64 + 0.5 * -0.02)
-    read = bp.RawFallback.from_report(pairs[1])
+    read = bp.RULES["raw_fallback"].from_report(pairs[1])
+    before = bp.RULES["shipped"].from_report(pairs[0])
+    assert before.affinity == pytest.approx(0.5 * 1.0 + 0.5 * -0.02)
     assert read.affinity == pytest.approx(0.5 * -0.15 + 0.5 * -0.01)
     runs = [{"name": "r", "level": "mid", "tasks": 3}]
     out = bp.compare_rules(runs, {"r": result}, "shipped", "raw_fallback")

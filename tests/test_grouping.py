@@ -75,6 +75,56 @@ def test_affinity_is_half_cka_plus_half_gradient_cosine() -> None:
     assert ev.affinity == pytest.approx(0.5)
 
 
+def test_an_unread_partial_cka_ranks_by_the_plain_cka() -> None:
+    """A partial CKA with no layer read passes as 1.0, but its affinity reads the plain CKA."""
+    unread = PairEvidence("A", "B", 1.0, None, 0.02, 0.2, measure="partial_cka", raw_cka_min=0.18)
+    assert unread.cka_judged == 1.0 and unread.passes(Thresholds(0.0, -0.3, 0.9))
+    assert unread.affinity == pytest.approx(0.5 * 0.18 + 0.5 * 0.02)
+    read = PairEvidence("A", "B", 0.3, 4, 0.02, 0.2, measure="partial_cka", raw_cka_min=0.18)
+    assert read.affinity == pytest.approx(0.5 * 0.3 + 0.5 * 0.02)
+    unknown = PairEvidence("A", "B", 1.0, None, 0.02, 0.2, measure="partial_cka")
+    assert unknown.affinity == pytest.approx(0.5 * 1.0 + 0.5 * 0.02)  # stored before it was kept
+    waived = PairEvidence(
+        "A", "B", 1.0, None, 0.02, 0.2, measure="partial_cka", raw_cka_min=0.18, cka_waived=True
+    )
+    assert waived.affinity == pytest.approx(0.5 * 1.0 + 0.5 * 0.02)
+    report = {
+        "tasks": ["A", "B"],
+        "rep_measure": "partial_cka",
+        "cka_min": 0.18,
+        "cka_min_layer": 6,
+        "partial_cka_min": 1.0,
+        "partial_cka_min_layer": None,
+        "grad_cosine": 0.02,
+        "conflict_rate": 0.2,
+    }
+    assert PairEvidence.from_report(report) == unread
+    assert PairEvidence.from_report({**report, "rep_measure": "cka"}).raw_cka_min is None
+    with pytest.raises(ValueError, match="raw_cka_min must be finite"):
+        PairEvidence("A", "B", 1.0, None, 0.0, 0.2, measure="partial_cka", raw_cka_min=math.nan)
+
+
+def test_two_unread_pairs_tie_break_on_the_plain_cka() -> None:
+    """The planted pair and a wrong one both unread; the triple refused by a read pair: the
+    plain CKA, not a gradient cosine near 0, picks the pair (sweep-mid-t3-400-s209)."""
+    th = Thresholds(tau_rep=0.0, tau_grad=-0.275, rho=0.9)
+
+    def pair(
+        a: str, b: str, partial: float, layer: int | None, cos: float, raw: float
+    ) -> PairEvidence:
+        return PairEvidence(a, b, partial, layer, cos, 0.2, measure="partial_cka", raw_cka_min=raw)
+
+    table = PairTable.from_pairs(
+        list("abc"),
+        [
+            pair("a", "b", 1.0, None, -0.016, 0.64),
+            pair("a", "c", -0.14, 6, -0.012, 0.13),
+            pair("b", "c", 1.0, None, 0.022, 0.18),
+        ],
+    )
+    assert exhaustive_grouping(list("abc"), table, th).grouping == [["a", "b"], ["c"]]
+
+
 def test_pair_failures_name_the_limiting_numbers() -> None:
     ev = PairEvidence("A", "B", 0.41, 6, -0.05, 0.45)
     assert pair_failures(ev, TH) == [
@@ -117,7 +167,7 @@ def test_a_waived_pair_is_judged_on_its_gradients_alone() -> None:
 
 def test_a_partial_cka_pair_names_its_measure_and_reads_its_own_report_keys() -> None:
     th = Thresholds(tau_rep=0.0, tau_grad=-0.3, rho=0.9)
-    apart = PairEvidence("A", "B", -0.13, 4, 0.01, 0.5, measure="partial_cka")
+    apart = PairEvidence("A", "B", -0.13, 4, 0.01, 0.5, measure="partial_cka", raw_cka_min=0.62)
     assert apart.label == "partial CKA"
     assert pair_failures(apart, th) == ["tasks A, B: layer 4 partial CKA -0.13 < 0.00"]
     report = {
