@@ -261,7 +261,7 @@ def table_of(case: dict[str, Any]) -> grp.PairTable:
 
 
 def partial_unread(case: dict[str, Any], pair: dict[str, Any], move: float) -> bool:
-    """Whether ``pair``'s partial CKA reads no layer (neither layer has both models moved
+    """Whether ``pair``'s partial CKA reads no layer (no layer where both models moved
     ``move``; the verdict then reads it as 1.0)."""
     pre = {t["name"]: t["cka_to_pretrained"] for t in case["recommendation"]["tasks"]}
     a, b = pair["tasks"]
