@@ -33,7 +33,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_quality import NOISES, Case, case_spec, save, synth_loader
 from machine import cpu_model
+from quality_report import same_partition
 
 from models import grouping as grp
 from models.options import AnalysisConfig, TrainingConfig
@@ -106,10 +106,6 @@ def case_of(run: dict[str, Any]) -> Case:
         seeds=1,
         notes=f"planted sweep: {run['tasks']} tasks at {run['level']} noise, seed {run['seed']}",
     )
-
-
-def same_partition(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> bool:
-    return {frozenset(g) for g in a} == {frozenset(g) for g in b}
 
 
 def recommend(run: dict[str, Any], device: str = "cpu") -> dict[str, Any]:

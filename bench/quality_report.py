@@ -190,15 +190,25 @@ def measure_view(
         return case
     if partial_cka_min(case, case["tasks"][:2], move) is None:
         return None
-    out = with_pair_cka(case, lambda c, tasks: partial_cka_min(c, tasks, move))
-    # What the engine's affinity reads beside the verdict's measure (table_of): the plain min
-    # CKA, and whether the partial CKA read any layer.
-    out["recommendation"]["pairs"] = [
-        {**p, "raw_cka_min": raw["cka_min"], "partial_unread": partial_unread(case, raw, move)}
-        for p, raw in zip(
-            out["recommendation"]["pairs"], case["recommendation"]["pairs"], strict=True
-        )
-    ]
+    # Each pair's partial CKA, read once: the verdict's measure (cka_min), and what the engine's
+    # affinity reads beside it (table_of): the plain min CKA, and whether any layer was read.
+    stored = case["recommendation"].get("tasks") or []
+    pre = {t["name"]: t["cka_to_pretrained"] for t in stored if t.get("cka_to_pretrained")}
+
+    def read(p: dict[str, Any]) -> dict[str, Any]:
+        a, b = p["tasks"]
+        if a not in pre or b not in pre:
+            return {**p, "cka_min": None}
+        r = partial_cka(p["cka_per_layer"], pre[a], pre[b], move=move)
+        return {
+            **p,
+            "cka_min": r.min,
+            "raw_cka_min": p["cka_min"],
+            "partial_unread": r.min_layer is None,
+        }
+
+    rec = case["recommendation"]
+    out = {**case, "recommendation": {**rec, "pairs": [read(p) for p in rec["pairs"]]}}
     fast = case.get("fast")
     if fast:
         if fast.get("tasks"):
@@ -258,14 +268,6 @@ def table_of(case: dict[str, Any]) -> grp.PairTable:
             )
         evidence.append(ev)
     return grp.PairTable.from_pairs(case["tasks"], evidence)
-
-
-def partial_unread(case: dict[str, Any], pair: dict[str, Any], move: float) -> bool:
-    """Whether ``pair``'s partial CKA reads no layer (no layer where both models moved
-    ``move``; the verdict then reads it as 1.0)."""
-    pre = {t["name"]: t["cka_to_pretrained"] for t in case["recommendation"]["tasks"]}
-    a, b = pair["tasks"]
-    return partial_cka(pair["cka_per_layer"], pre[a], pre[b], move=move).min_layer is None
 
 
 def group_f1(case: dict[str, Any]) -> dict[frozenset[str], dict[str, float]]:
