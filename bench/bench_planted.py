@@ -162,6 +162,13 @@ class BeforeRawFallback(grp.PairEvidence):
 RULES: dict[str, type[grp.PairEvidence]] = {
     "shipped": BeforeRawFallback,
     "raw_fallback": grp.PairEvidence,
+    "tau_rep_0.05": grp.PairEvidence,
+}
+
+# Rules that change a threshold: the values that replace the run's stored ones (the engine's
+# defaults when it ran). "tau_rep_0.05" is judged by planted_sweep_3_prereg.json.
+RULE_THRESHOLDS: dict[str, dict[str, float]] = {
+    "tau_rep_0.05": {"tau_rep": 0.05},
 }
 
 
@@ -172,7 +179,7 @@ def regroup(result: dict[str, Any], rule: str) -> list[list[str]] | None:
         return None
     tasks = [t for g in result["planted"] for t in g]
     table = grp.PairTable.from_pairs(tasks, map(RULES[rule].from_report, result["pairs"]))
-    th = grp.Thresholds(**result["thresholds"])
+    th = grp.Thresholds(**{**result["thresholds"], **RULE_THRESHOLDS.get(rule, {})})
     return grp.recommend_grouping(tasks, table, th).grouping
 
 
@@ -260,13 +267,14 @@ def compare_rules(
     }
 
 
-def not_reproduced(results: dict[str, dict[str, Any]]) -> list[str]:
-    """Runs whose stored recommendation the ``shipped`` rule does not give again from their
-    stored evidence (a check that :func:`regroup` reads the evidence as the service did)."""
+def not_reproduced(results: dict[str, dict[str, Any]], rule: str = "shipped") -> list[str]:
+    """Runs whose stored recommendation ``rule`` (the engine the plan was written against, its
+    first rule) does not give again from their stored evidence (a check that :func:`regroup`
+    reads the evidence as the service did)."""
     return [
         name
         for name, result in results.items()
-        if (again := regroup(result, "shipped")) is not None
+        if (again := regroup(result, rule)) is not None
         and not same_partition(again, result["recommended"])
     ]
 
@@ -316,7 +324,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     results = load_results()
     by_rule = {rule: summarise(runs, results, rule) for rule in rules}
     mismatched = not_reproduced(
-        {r["name"]: results[r["name"]] for r in runs if r["name"] in results}
+        {r["name"]: results[r["name"]] for r in runs if r["name"] in results}, rules[0]
     )
     comparisons = [compare_rules(runs, results, rules[0], other) for other in rules[1:]]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -157,3 +157,30 @@ def test_raw_fallback_reads_the_raw_cka_where_no_layer_was_read() -> None:
     out = bp.compare_rules(runs, {"r": result}, "shipped", "raw_fallback")
     assert (out["wins"], out["losses"], out["losses_by_level"]) == (1, 0, {"mid": 0})
     assert out["differ"][0]["name"] == "r" and out["differ"][0]["other_recovers"]
+
+
+def test_a_threshold_rule_regroups_on_its_own_thresholds() -> None:
+    """``tau_rep_0.05`` replaces the run's stored tau_rep: an unrelated pair whose partial CKA is
+    just over 0 (0.03) merges under the stored 0.0 and stays apart under 0.05; ``not_reproduced``
+    checks the stored recommendation against the plan's base rule."""
+    result = {
+        "planted": [["a", "b"], ["c"], ["d"]],
+        "thresholds": {"tau_rep": 0.0, "tau_grad": -0.275, "rho": 0.9},
+        "pairs": [
+            _pair("a", "b", 0.5, 5, 0.1),
+            _pair("a", "c", -0.1, 6, 0.0),
+            _pair("a", "d", -0.1, 6, 0.0),
+            _pair("b", "c", -0.1, 6, 0.0),
+            _pair("b", "d", -0.1, 6, 0.0),
+            _pair("c", "d", 0.03, 6, 0.0),
+        ],
+        "recommended": [["a", "b"], ["c", "d"]],
+    }
+    assert bp.same_partition(bp.regroup(result, "raw_fallback") or [], [["a", "b"], ["c", "d"]])
+    assert bp.same_partition(bp.regroup(result, "tau_rep_0.05") or [], result["planted"])
+    assert bp.not_reproduced({"r": result}, "raw_fallback") == []
+    assert bp.not_reproduced({"r": result}, "tau_rep_0.05") == ["r"]
+    assert result["thresholds"]["tau_rep"] == 0.0  # the stored run is not changed
+    runs = [{"name": "r", "level": "mid", "tasks": 4}]
+    out = bp.compare_rules(runs, {"r": result}, "raw_fallback", "tau_rep_0.05")
+    assert (out["wins"], out["losses"]) == (1, 0)
