@@ -787,12 +787,6 @@ def partial_observations(cases: list[dict[str, Any]], move: float) -> list[Obser
     return obs
 
 
-def with_partial_cka(case: dict[str, Any], move: float) -> dict[str, Any]:
-    """``case`` with every pair's ``cka_min`` replaced by its partial CKA (:func:`partial_cka_min`),
-    so that the grouping search and the verdicts run on it."""
-    return with_pair_cka(case, lambda c, tasks: partial_cka_min(c, tasks, move))
-
-
 def partial_cka_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
     """A lead, not the shipped evidence: the held-out balanced accuracy of the thresholds with the
     partial CKA (:func:`partial_cka_min`) in place of the raw one, on the cases that stored the CKA
@@ -820,7 +814,13 @@ def partial_cka_comparison(cases: list[dict[str, Any]]) -> dict[str, Any] | None
         fit, move = max(fits, key=lambda f: f[0].balanced_accuracy)  # ties: the smallest move
         th = fit.thresholds
         chosen.append(move)
-        held = [with_partial_cka(c, move) for c in usable if c["dataset"] == d]
+        # On the engine's partial-CKA view at this move: unread pairs marked, as table_of reads
+        # them (usable cases all stored how far their models moved, so none is None).
+        held = [
+            view
+            for c in usable
+            if c["dataset"] == d and (view := measure_view(c, "partial_cka", move)) is not None
+        ]
         rows += judge_cases(held, {d: th})
         for o in by_move[move]:
             if o.dataset == d:

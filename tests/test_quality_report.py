@@ -309,6 +309,32 @@ def test_partial_cka_comparison_chooses_between_moves_that_differ() -> None:
     assert out["by_move"]["0.3"] != out["by_move"]["0.4"]
 
 
+def test_partial_cka_comparison_groups_on_the_engines_view(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its regret rows group each held-out case on the engine's partial-CKA view at the fold's
+    move (:func:`measure_view`): pairs whose partial CKA read no layer are marked, so the
+    tie-break reads their plain CKA as the engine's does (:func:`table_of`)."""
+    cases = [_drifted(c, {t: [1.0, 0.5] for t in TASKS}) for c in _cases()]
+    seen: list[dict[str, Any]] = []
+    judge = qr.judge_cases
+
+    def spy(held: list[dict[str, Any]], folds: dict[str, Any]) -> list[dict[str, Any]]:
+        seen.extend(held)
+        return judge(held, folds)
+
+    monkeypatch.setattr(qr, "judge_cases", spy)
+    out = qr.partial_cka_comparison(cases)
+    assert out is not None and len(seen) == 4
+    for held, move in zip(seen, out["nested_moves"], strict=True):
+        view = qr.measure_view(
+            next(c for c in cases if c["case"] == held["case"]), "partial_cka", move
+        )
+        assert view is not None
+        assert held["recommendation"]["pairs"] == view["recommendation"]["pairs"]
+        assert all("partial_unread" in p for p in held["recommendation"]["pairs"])
+
+
 def test_the_written_down_partial_rule_judges_only_cases_it_was_not_fitted_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
