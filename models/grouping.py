@@ -105,12 +105,15 @@ class Thresholds:
     """The decision thresholds of a pair (METHOD.md stage 4)."""
 
     # Defaults: those of the engine's default measure, the partial CKA (AnalysisConfig.rep_measure;
-    # default_thresholds gives each measure's). They are the partial-CKA rule as written down
-    # before the cases that decided its adoption ran (bench/results/partial_cka_prereg.json: fitted
-    # in sample on 22 cases, 109 groups; README "How good is the verdict?"). The gradient cosines
-    # barely separate matching from losing groups (every |cosine| < 0.15), so tau_grad is loose and
-    # rho near 1: the verdict rests on the representations.
-    tau_rep: float = 0.0  # min-over-layers (partial) CKA a pair needs
+    # default_thresholds gives each measure's). tau_grad and rho are the partial-CKA rule as
+    # written down before the cases that decided its adoption ran
+    # (bench/results/partial_cka_prereg.json: fitted in sample on 22 cases, 109 groups). tau_rep
+    # was 0.0 there; 0.05 was adopted by bench/results/planted_sweep_3_prereg.json's written
+    # decision: unrelated tasks' partial CKA sits near 0, and at 0.0 a pair of them passed by
+    # chance (README "How good is the verdict?"). The gradient cosines barely separate matching
+    # from losing groups (every |cosine| < 0.15), so tau_grad is loose and rho near 1: the
+    # verdict rests on the representations.
+    tau_rep: float = 0.05  # min-over-layers (partial) CKA a pair needs
     tau_grad: float = -0.275  # whole-encoder gradient cosine a pair needs
     rho: float = 0.9  # max conflict rate (share of samples with cosine < 0)
 
@@ -143,7 +146,8 @@ _DEFAULT_THRESHOLDS = {
     # Fitted on 38 cases, 173 groups (bench/bench_quality.py report --ship).
     "cka": Thresholds(tau_rep=0.125, tau_grad=-0.3, rho=1.0),
     # The partial-CKA rule as written down before the cases that decided it ran
-    # (bench/results/partial_cka_prereg.json): fitted in sample on 22 cases, 109 groups.
+    # (bench/results/partial_cka_prereg.json: fitted in sample on 22 cases, 109 groups), with
+    # tau_rep 0.05 since planted_sweep_3_prereg.json's decision.
     "partial_cka": Thresholds(),
 }
 

@@ -32,6 +32,7 @@ from models.grouping import Thresholds
 from models.options import AnalysisConfig
 
 PARTIAL_PREREG = Path(__file__).resolve().parents[1] / "bench/results/partial_cka_prereg.json"
+SWEEP_3_PREREG = PARTIAL_PREREG.with_name("planted_sweep_3_prereg.json")
 
 
 def _pair(a: str, b: str, cka: float, grad: float, conflict: float = 0.0) -> dict[str, object]:
@@ -322,10 +323,13 @@ def test_the_shipped_calibration_loads_and_is_the_default() -> None:
     assert AnalysisConfig().calibration == cal
     assert 0.0 < cal.p_match(dict(zip(FEATURES, [0.5, 0.8, 0.1, 0.1, 2.0], strict=True))) < 1.0
     # The default thresholds are the partial-CKA rule as written down before the decision that
-    # adopted it (not refitted: the all-data fit is recorded beside it), and the calibration was
-    # fitted on the view of the evidence the default verdict reads.
+    # adopted it (not refitted: the all-data fit is recorded beside it), with the tau_rep that
+    # the third planted sweep's written decision adopted; the calibration was fitted on the view
+    # of the evidence the default verdict reads.
     written = json.loads(PARTIAL_PREREG.read_text(encoding="utf-8"))
-    assert Thresholds(**written["thresholds"]) == Thresholds()
+    sweep_3 = json.loads(SWEEP_3_PREREG.read_text(encoding="utf-8"))
+    assert "tau_rep_0.05" in sweep_3["rules"]
+    assert Thresholds(**{**written["thresholds"], "tau_rep": 0.05}) == Thresholds()
     assert cal.metrics["fitted_thresholds"]  # the all-data fit, for the next decision
     assert cal.waive_unlearnt_cka == AnalysisConfig().waive_unlearnt_cka
     assert cal.rep_measure == AnalysisConfig().rep_measure

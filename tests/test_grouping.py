@@ -200,7 +200,7 @@ def test_each_measure_has_its_own_default_thresholds() -> None:
     # The engine's defaults are those of its default measure.
     assert default_thresholds(AnalysisConfig().rep_measure) == AnalysisConfig().thresholds
     assert AnalysisConfig().thresholds == Thresholds()
-    assert default_thresholds("partial_cka") == Thresholds(tau_rep=0.0, tau_grad=-0.275, rho=0.9)
+    assert default_thresholds("partial_cka") == Thresholds(tau_rep=0.05, tau_grad=-0.275, rho=0.9)
     with pytest.raises(ValueError, match="measure"):
         default_thresholds("svcca")
 
