@@ -188,12 +188,12 @@ def measure_view(
     move = ENGINE_MOVE if move is None else move
     if measure == "cka":
         return case
-    if partial_cka_min(case, case["tasks"][:2], move) is None:
+    stored = case["recommendation"].get("tasks") or []
+    pre = {t["name"]: t["cka_to_pretrained"] for t in stored if t.get("cka_to_pretrained")}
+    if not set(case["tasks"][:2]) <= set(pre):
         return None
     # Each pair's partial CKA, read once: the verdict's measure (cka_min), and what the engine's
     # affinity reads beside it (table_of): the plain min CKA, and whether any layer was read.
-    stored = case["recommendation"].get("tasks") or []
-    pre = {t["name"]: t["cka_to_pretrained"] for t in stored if t.get("cka_to_pretrained")}
 
     def read(p: dict[str, Any]) -> dict[str, Any]:
         a, b = p["tasks"]
