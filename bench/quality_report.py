@@ -884,6 +884,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
         "partial_cka_decision": partial_cka_decision(cases),
         "more_seeds": more_seeds_test(cases),
         "more_seeds_2": more_seeds_test(cases, MORE_SEEDS_2_PREREG),
+        "more_seeds_3": more_seeds_test(cases, MORE_SEEDS_3_PREREG),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -923,6 +924,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
     print_decision(result["partial_cka_decision"], "partial-CKA", "partial_cka_prereg.json")
     print_more_seeds(result["more_seeds"])
     print_more_seeds(result["more_seeds_2"])
+    print_more_seeds(result["more_seeds_3"])
     return 0
 
 
@@ -1154,6 +1156,9 @@ MORE_SEEDS_PREREG = Path(__file__).resolve().parent / "results" / "more_seeds_pr
 MORE_SEEDS_2_PREREG = Path(__file__).resolve().parent / "results" / "more_seeds_2_prereg.json"
 """The second extension (twelfth session): the cases still on 5 seeds after the first, with
 verdicts frozen on the partial-CKA default's view."""
+MORE_SEEDS_3_PREREG = Path(__file__).resolve().parent / "results" / "more_seeds_3_prereg.json"
+"""The third extension (fifteenth session): every case of at most 1,000 rows, 10 -> 20 seeds,
+with the frozen recommendations beside the frozen verdicts."""
 
 
 def as_first_measured(case: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
@@ -1164,10 +1169,36 @@ def as_first_measured(case: dict[str, Any], entry: dict[str, Any]) -> dict[str, 
     return {**before, "mtl": {n: v[:k] for n, v in entry["mtl"].items()}}
 
 
+def comparison_at(entry: dict[str, Any], seeds: int) -> dict[str, Any] | None:
+    """A measured group as it was compared over its first ``seeds`` seeds: ``entry`` itself or
+    the comparison an extension kept under ``before`` (followed down the chain), with the MTL
+    macro-F1s of those seeds only; None when no comparison was made over exactly that many. A
+    ``before`` keeps only what the comparison decided: the rest (the tasks, the training steps)
+    is the latest comparison's."""
+    node: dict[str, Any] | None = entry
+    while node is not None and len(node["seeds"]) > seeds:
+        node = node.get("before")
+    if node is None or len(node["seeds"]) != seeds:
+        return None
+    latest = {k: v for k, v in entry.items() if k != "before"}
+    return {**latest, **node, "mtl": {n: v[:seeds] for n, v in entry["mtl"].items()}}
+
+
+def case_at(case: dict[str, Any], seeds: int) -> dict[str, Any] | None:
+    """``case`` as it stood when every group had been compared over ``seeds`` seeds (each group
+    by :func:`comparison_at`, the STL macro-F1s cut to those seeds); None when a group never
+    was. A copy; ``case`` unchanged."""
+    groups = [comparison_at(g, seeds) for g in case["groups"]]
+    if any(g is None for g in groups):
+        return None
+    stl = {t: list(f1s[:seeds]) for t, f1s in case["stl"].items()}
+    return {**case, "groups": groups, "stl": stl}
+
+
 def more_seeds_test(
     cases: list[dict[str, Any]], prereg: Path | None = None
 ) -> dict[str, Any] | None:
-    """A 5 -> 10 seed extension written down in ``prereg`` (by default
+    """A seed extension written down in ``prereg`` (by default
     ``results/more_seeds_prereg.json``, :data:`MORE_SEEDS_PREREG`): on the
     groups already compared over the target number of seeds, each frozen verdict (the plan's
     ``rules`` and its ``p_match``, all written down on seed 0's evidence) against the outcome
@@ -1179,6 +1210,7 @@ def more_seeds_test(
     plan = json.loads(prereg.read_text())
     by_case = {c["case"]: c for c in cases}
     rows, then, now = [], [], []
+    seeds_from: set[int] = set()
     for g in plan["groups"]:
         case = by_case.get(g["case"])
         if case is None:
@@ -1190,17 +1222,27 @@ def more_seeds_test(
             raise ValueError(
                 f"{prereg.name}: {g['case']} has no measured group {'+'.join(g['tasks'])}"
             )
-        if len(entry["seeds"]) < plan["seeds_target"] or "before" not in entry:
+        # The comparison over the plan's seeds and the one it extended: a later extension
+        # keeps both down its chain of ``before``s.
+        at_target = comparison_at(entry, plan["seeds_target"])
+        if at_target is None or "before" not in at_target:
             continue
-        rows.append({**g, "matches_now": bool(entry["matches"])})
-        then.append({**case, "groups": [as_first_measured(case, entry)]})
-        now.append({**case, "groups": [entry]})
+        first = comparison_at(entry, len(at_target["before"]["seeds"]))
+        assert first is not None  # the chain holds every comparison made
+        # ``matches_5``: the name the first two plans (5 -> 10 seeds) gave the outcome before.
+        before = g.get("matches_before", g.get("matches_5"))
+        rows.append({**g, "matches_before": before, "matches_now": bool(at_target["matches"])})
+        seeds_from.add(len(first["seeds"]))
+        then.append({**case, "groups": [first]})
+        now.append({**case, "groups": [at_target]})
     if not rows:
         return {"cases": [], "groups": 0, "prereg": prereg.name}
-    y5 = [r["matches_5"] for r in rows]
+    y5 = [r["matches_before"] for r in rows]
     y10 = [r["matches_now"] for r in rows]
     out: dict[str, Any] = {
         "prereg": prereg.name,
+        "seeds_from": sorted(seeds_from),
+        "seeds_target": plan["seeds_target"],
         "planned": list(plan["cases"]),
         "cases": sorted({r["case"] for r in rows}),
         "groups": len(rows),
@@ -1222,6 +1264,7 @@ def more_seeds_test(
             "balanced_accuracy_then": balanced_accuracy(y5, verdicts),
             "balanced_accuracy_now": balanced_accuracy(y10, verdicts),
         }
+    out["regret"] = frozen_regrets(cases, plan)
     p = [r["p_match"] for r in rows]
     out["rules"]["p_match"] = {
         "right_then": sum((q >= 0.5) == y for q, y in zip(p, y5, strict=True)),
@@ -1234,10 +1277,55 @@ def more_seeds_test(
     return out
 
 
+def frozen_regrets(cases: list[dict[str, Any]], plan: dict[str, Any]) -> dict[str, Any] | None:
+    """The regret of the recommendations a seed-extension plan froze (its ``recommendations``:
+    per case, one grouping per rule) on each case whose every group reached the plan's seeds,
+    before the extension and after: the plain regret (best partition's seed mean against the
+    recommendation's, in F1 points; :func:`best_partition`) and the cross-fitted one
+    (:func:`crossfit_regret`). None when the plan froze none."""
+    recs = plan.get("recommendations")
+    if not recs:
+        return None
+    target = plan["seeds_target"]
+    rows = []
+    for case in cases:
+        if case["case"] not in recs:
+            continue
+        now = case_at(case, target)
+        if now is None or "before" not in now["groups"][0]:
+            continue
+        then = case_at(case, len(now["groups"][0]["before"]["seeds"]))
+        if then is None:
+            continue
+        row: dict[str, Any] = {"case": case["case"]}
+        for rule in [r for r in recs[case["case"]] if r in plan["rules"]]:
+            rec = recs[case["case"]][rule]
+            for when, view in (("then", then), ("now", now)):
+                _, best = best_partition(view)
+                score = partition_score(rec, group_f1(view))
+                row[f"{rule}_{when}"] = None if score is None else 100 * (best - score)
+                row[f"{rule}_crossfit_{when}"] = crossfit_regret(view, rec)
+        rows.append(row)
+    summary: dict[str, Any] = {}
+    for key in rows[0] if rows else []:
+        values = [r[key] for r in rows if r[key] is not None] if key != "case" else []
+        if values:
+            summary[key] = {
+                "mean": statistics.fmean(values),
+                "at_most_1": sum(v <= 1.0 + 1e-9 for v in values),
+                "max": max(values),
+            }
+    return {"cases": len(rows), "rows": rows, "summary": summary}
+
+
 def print_more_seeds(part: dict[str, Any] | None) -> None:
     if not part or not part["groups"]:
         return
-    print(f"\n== the 5 -> 10 seed extension written down before it ran ({part['prereg']})")
+    start = "/".join(str(k) for k in part.get("seeds_from", [5]))
+    target = part.get("seeds_target", 10)
+    print(
+        f"\n== the {start} -> {target} seed extension written down before it ran ({part['prereg']})"
+    )
     left = [c for c in part.get("planned", []) if c not in part["cases"]]
     if left:
         print(f"not extended yet (not counted): {', '.join(left)}")
@@ -1263,16 +1351,24 @@ def print_more_seeds(part: dict[str, Any] | None) -> None:
                 f"({c['ceiling_5_95'][0]:.2f}-{c['ceiling_5_95'][1]:.2f}), outcomes flipping "
                 f"{100 * c['flip_rate']:.0f}% on average, {c['coin_tosses']} coin tosses"
             )
+    regret = part.get("regret")
+    if regret and regret["cases"]:
+        print(f"  the frozen recommendations' regret over {regret['cases']} extended case(s):")
+        for key, v in regret["summary"].items():
+            print(
+                f"    {key:<24} mean {v['mean']:.2f}, at most 1.0 on {v['at_most_1']} of "
+                f"{regret['cases']}, max {v['max']:.2f}"
+            )
     names = [n for n in part["rules"] if n != "p_match"]
     print(
-        f"{'case':<32} {'group':<44} {'5 seeds':>8} {'10 seeds':>9} "
+        f"{'case':<32} {'group':<44} {f'{start} seeds':>8} {f'{target} seeds':>9} "
         + " ".join(f"{n:>12}" for n in names)
         + f" {'p_match':>8}"
     )
     for r in part["rows"]:
         print(
             f"{r['case']:<32} {'+'.join(r['tasks']):<44} "
-            f"{'matches' if r['matches_5'] else 'loses':>8} "
+            f"{'matches' if r['matches_before'] else 'loses':>8} "
             f"{'matches' if r['matches_now'] else 'loses':>9} "
             + " ".join(f"{'match' if r['verdict'][n] else 'lose':>12}" for n in names)
             + f" {r['p_match']:>8.2f}"

@@ -881,3 +881,83 @@ def test_crossfit_regret_scores_the_chosen_best_on_seeds_it_did_not_see() -> Non
     case["stl"]["c"] = [0.8] * 4
     case["groups"] = case["groups"][1:]  # a+b no longer measured
     assert qr.crossfit_regret(case, [["a", "b"], ["c"]]) is None
+
+
+def _extend_all(case: dict[str, Any], seeds: int, new_f1: dict[frozenset[str], float]) -> None:
+    """Extend every group of ``case`` to ``seeds`` seeds as ``bench_quality.py extend`` does: the
+    comparison so far goes under ``before`` (keeping its own chain); a group in ``new_f1`` gets
+    that MTL macro-F1 on each new seed and is decided by whether its mean reaches STL's 0.8,
+    the others repeat their last seed and keep their outcome; every STL model adds 0.8s."""
+    for g in case["groups"]:
+        kept = ("matches", "outcome", "per_task", "seeds", "before")
+        g["before"] = {k: g[k] for k in kept if k in g}
+        extra = seeds - len(g["seeds"])
+        key = frozenset(g["tasks"])
+        g["mtl"] = {t: v + [new_f1.get(key, v[-1])] * extra for t, v in g["mtl"].items()}
+        g["seeds"] = list(range(seeds))
+        if key in new_f1:
+            g["matches"] = bool(np.mean(next(iter(g["mtl"].values()))) >= 0.8 - 1e-9)
+    case["stl"] = {t: v + [0.8] * (seeds - len(v)) for t, v in case["stl"].items()}
+
+
+def test_a_second_extension_keeps_the_first_readable_and_scores_frozen_recommendations(
+    tmp_path: Path,
+) -> None:
+    """Extended 2 -> 4 -> 6 seeds: comparison_at walks the chain of ``before``s (MTL cut to the
+    seeds), a plan for 4 seeds still reads 2 -> 4 and one for 6 reads 4 -> 6 (with the plan's
+    ``matches_before``), and each plan's frozen recommendations are scored before and after."""
+    case = _case("d1", 0.9, 0.2, 0.2)  # a+b matches at 0.8 on 2 seeds; the rest lose at 0.7
+    ab = frozenset("ab")
+    _extend_all(case, 4, {ab: 0.9})  # a+b: mean 0.85, matches
+    _extend_all(case, 6, {ab: 0.6})  # a+b: mean 0.767, now loses
+    entry = next(g for g in case["groups"] if frozenset(g["tasks"]) == ab)
+    assert entry["matches"] is False
+    at4 = qr.comparison_at(entry, 4)
+    assert at4 is not None and at4["matches"] is True and at4["mtl"]["a"] == [0.8, 0.8, 0.9, 0.9]
+    at2 = qr.comparison_at(entry, 2)
+    assert at2 is not None and at2["mtl"]["a"] == [0.8, 0.8] and "before" not in at2
+    assert qr.comparison_at(entry, 3) is None and qr.comparison_at(entry, 8) is None
+    view = qr.case_at(case, 4)
+    assert view is not None and view["stl"]["a"] == [0.8] * 4 and case["stl"]["a"] == [0.8] * 6
+
+    recs = {"d1": {"default": [["a", "b"], ["c"]], "held_out": [["a"], ["b"], ["c"]]}}
+
+    def plan(target: int, key: str) -> Path:
+        groups = [
+            {
+                "case": "d1",
+                "tasks": ["a", "b"],
+                key: True,  # a+b matched on 2 seeds and on 4
+                "verdict": {"default": True, "held_out": False},
+                "p_match": 0.9,
+            }
+        ]
+        rules = {"default": {}, "held_out": "per case"}
+        body = {"cases": ["d1"], "seeds_target": target, "rules": rules, "groups": groups}
+        path = tmp_path / f"plan{target}.json"
+        path.write_text(json.dumps({**body, "recommendations": recs}))
+        return path
+
+    four = qr.more_seeds_test([case], plan(4, "matches_5"))
+    assert four is not None and four["groups"] == 1
+    assert four["seeds_from"] == [2] and (four["now_lose"], four["now_match"]) == (0, 0)
+    six = qr.more_seeds_test([case], plan(6, "matches_before"))
+    assert six is not None and six["seeds_from"] == [4] and six["now_lose"] == 1
+    assert six["rules"]["default"]["right_then"] == 1 and six["rules"]["default"]["right_now"] == 0
+    # Regret, in F1 points. On 4 seeds a+b (0.85) beats the single-task models (0.8): the
+    # all-singletons recommendation gives up (0.85 * 2 + 0.8) / 3 - 0.8; on 6 seeds a+b (0.767)
+    # loses to them and merging it costs 0.8 - (0.767 * 2 + 0.8) / 3.
+    r4, r6 = four["regret"]["rows"][0], six["regret"]["rows"][0]
+    assert r4["default_now"] == pytest.approx(0.0, abs=1e-9)
+    assert r4["held_out_now"] == pytest.approx(100 * ((0.85 * 2 + 0.8) / 3 - 0.8))
+    assert r6["default_then"] == pytest.approx(0.0, abs=1e-9)
+    assert r6["default_now"] == pytest.approx(100 * (0.8 - (4.6 / 6 * 2 + 0.8) / 3))
+    assert r6["held_out_now"] == pytest.approx(0.0, abs=1e-9)
+    assert r6["default_crossfit_now"] is not None
+    assert six["regret"]["summary"]["default_now"]["at_most_1"] == 0
+    # A plan that froze no recommendations has no regret part.
+    bare = json.loads(plan(6, "matches_before").read_text())
+    del bare["recommendations"]
+    (tmp_path / "bare.json").write_text(json.dumps(bare))
+    out = qr.more_seeds_test([case], tmp_path / "bare.json")
+    assert out is not None and out["regret"] is None
