@@ -1163,10 +1163,10 @@ with the frozen recommendations beside the frozen verdicts."""
 
 def as_first_measured(case: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
     """An extended group (``bench_quality.py extend``) as it was measured before the extension:
-    its earlier outcome with the MTL macro-F1s of those seeds only."""
-    before = entry["before"]
-    k = len(before["seeds"])
-    return {**before, "mtl": {n: v[:k] for n, v in entry["mtl"].items()}}
+    its earlier outcome with the MTL macro-F1s of those seeds only (:func:`comparison_at`)."""
+    first = comparison_at(entry, len(entry["before"]["seeds"]))
+    assert first is not None  # the comparison under ``before`` was made over its own seeds
+    return first
 
 
 def comparison_at(entry: dict[str, Any], seeds: int) -> dict[str, Any] | None:
@@ -1227,8 +1227,7 @@ def more_seeds_test(
         at_target = comparison_at(entry, plan["seeds_target"])
         if at_target is None or "before" not in at_target:
             continue
-        first = comparison_at(entry, len(at_target["before"]["seeds"]))
-        assert first is not None  # the chain holds every comparison made
+        first = as_first_measured(case, at_target)
         # ``matches_5``: the name the first two plans (5 -> 10 seeds) gave the outcome before.
         before = g.get("matches_before", g.get("matches_5"))
         rows.append({**g, "matches_before": before, "matches_now": bool(at_target["matches"])})
@@ -1307,8 +1306,8 @@ def frozen_regrets(cases: list[dict[str, Any]], plan: dict[str, Any]) -> dict[st
                 row[f"{rule}_crossfit_{when}"] = crossfit_regret(view, rec)
         rows.append(row)
     summary: dict[str, Any] = {}
-    for key in rows[0] if rows else []:
-        values = [r[key] for r in rows if r[key] is not None] if key != "case" else []
+    for key in [k for k in rows[0] if k != "case"] if rows else []:
+        values = [r[key] for r in rows if r[key] is not None]
         if values:
             summary[key] = {
                 "mean": statistics.fmean(values),
