@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from models.data import MAX_COLUMN_NAME
+
 __all__ = [
     "TASK_UNION_TAGS",
     "DatasetPublic",
@@ -247,7 +249,7 @@ class TaskRef(_Body):
     )
     column: str = Field(
         min_length=1,
-        max_length=1000,
+        max_length=MAX_COLUMN_NAME,
         description="The label column.",
         examples=["severity"],
     )
@@ -262,7 +264,7 @@ class TaskRef(_Body):
     text_column: str | None = Field(
         default=None,
         min_length=1,
-        max_length=1000,
+        max_length=MAX_COLUMN_NAME,
         description="The text column of this task's dataset; null: the job's `text_column`. "
         "A dataset has one text column per job.",
         examples=["text"],
@@ -282,7 +284,7 @@ def _task_kind(value: Any) -> str | None:
 
 
 TaskItem = Annotated[
-    Annotated[str, Tag("label_column"), Field(min_length=1, max_length=1000)]
+    Annotated[str, Tag("label_column"), Field(min_length=1, max_length=MAX_COLUMN_NAME)]
     | Annotated[TaskRef, Tag("task_object")],
     Discriminator(
         _task_kind,
@@ -322,7 +324,7 @@ class JobCreate(_Body):
     )
     text_column: str = Field(
         min_length=1,
-        max_length=1000,
+        max_length=MAX_COLUMN_NAME,
         description="The column of `dataset_id` holding the texts.",
         examples=["text"],
     )

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "MAX_COLUMN_NAME",
     "NA_STRINGS",
     "SPLIT_HELD_OUT",
     "SPLIT_TRAIN",
@@ -110,6 +111,9 @@ _PARQUET_MAGIC = b"PAR1"
 _CSV_FIELD_LIMIT = 64 * 1024 * 1024
 #: How many row numbers or values an error message lists before saying "and N more".
 _PREVIEW = 5
+#: Longest column name a table may have: the API names a column (a text column, a task) in at
+#: most this many characters, so a longer one could be uploaded but never used.
+MAX_COLUMN_NAME = 1000
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,7 +373,8 @@ def read_table(
             names, non-UTF-8 bytes (with byte offset and line), malformed CSV (ragged row,
             unclosed quote, stray quote; a single header column containing ``;`` or a tab is
             reported as a wrong delimiter), invalid JSON or a line that is not an object, a file
-            that is not Parquet, more than ``max_rows`` rows.
+            that is not Parquet, more than ``max_rows`` rows, a blank column name (JSONL,
+            Parquet) or one longer than :data:`MAX_COLUMN_NAME` characters.
     """
     path_name = _source_name(source)
     if name is None:
@@ -399,9 +404,28 @@ def read_table(
         else:
             text = _decode_utf8(data)
             frame = _read_csv(text, max_rows) if fmt == "csv" else _read_jsonl(text, max_rows)
+        _check_column_names(list(frame.columns))
     except DataError as exc:
         raise exc.with_dataset(name) from exc.__cause__
     return frame
+
+
+def _check_column_names(names: list[str]) -> None:
+    """Every column must be nameable through the API: a name that is blank, or longer than
+    :data:`MAX_COLUMN_NAME` characters, could be stored but never chosen as a text column or a
+    task (CSV names a blank header cell ``"Unnamed: <i>"`` before this; a JSONL key or a Parquet
+    field has no such convention)."""
+    for i, col in enumerate(names):
+        if not col.strip():
+            raise DataError(
+                f"column {i + 1} has a blank name ({col!r}); every column needs a name to be "
+                "chosen by (rename the key or field)"
+            )
+        if len(col) > MAX_COLUMN_NAME:
+            raise DataError(
+                f"column {i + 1}'s name is {len(col)} characters long, more than the limit of "
+                f"{MAX_COLUMN_NAME}; it begins {col[:40]!r}",
+            )
 
 
 def _decode_utf8(data: bytes) -> str:

@@ -262,6 +262,8 @@ def test_upload_jsonl_and_parquet(api: Api, filename: str, data: bytes, fmt: str
         ("bad.parquet", b"not parquet at all", 422, ["Parquet"]),
         ("numbers.jsonl", b'{"a": 1, "b": 2}\n{"a": 3, "b": 4}\n', 422, ["no text column"]),
         ("blank.csv", b"text,label\nhello,\n  ,b\n", 422, ["no text column", "empty text"]),
+        ("key.jsonl", b'{"text": "a", "": "b"}\n', 422, ["column 2 has a blank name"]),
+        ("long.csv", b"text," + b"x" * 1001 + b"\na,b\n", 422, ["1001 characters", "1000"]),
     ],
 )
 def test_upload_errors(

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.data import (
+    MAX_COLUMN_NAME,
     NA_STRINGS,
     SUPPORTED_FORMATS,
     ClassSetAside,
@@ -275,6 +276,42 @@ def test_duplicate_parquet_fields(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="appears 2 times") as info:
         read_table(write_parquet(tmp_path, "d.parquet", table))
     assert info.value.column == "label"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_column_names_too_long_to_choose_are_refused(tmp_path: Path, fmt: str) -> None:
+    # The API names a column in at most MAX_COLUMN_NAME characters: a longer one could be
+    # stored but never picked as a text column or a task.
+    long = "L" * (MAX_COLUMN_NAME + 1)
+    fits = "F" * MAX_COLUMN_NAME
+    if fmt == "csv":
+        path = write_csv(tmp_path, "d.csv", f"text,{fits},{long}\na,b,c\n")
+    elif fmt == "jsonl":
+        line = json.dumps({"text": "a", fits: "b", long: "c"})
+        path = write_bytes(tmp_path, "d.jsonl", line.encode())
+    else:
+        table = pa.Table.from_arrays(
+            [pa.array(["a"]), pa.array(["b"]), pa.array(["c"])], names=["text", fits, long]
+        )
+        path = write_parquet(tmp_path, "d.parquet", table)
+    with pytest.raises(DataError, match=rf"column 3's name is {MAX_COLUMN_NAME + 1} characters"):
+        read_table(path)
+
+
+@pytest.mark.parametrize("key", ["", "   "])
+def test_blank_jsonl_key_and_parquet_field_are_refused(tmp_path: Path, key: str) -> None:
+    path = write_bytes(tmp_path, "d.jsonl", json.dumps({"text": "a", key: "b"}).encode())
+    with pytest.raises(DataError, match="column 2 has a blank name") as info:
+        read_table(path)
+    assert "d.jsonl" in str(info.value)
+    table = pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"])], names=[key, "label"])
+    with pytest.raises(DataError, match="column 1 has a blank name"):
+        read_table(write_parquet(tmp_path, "d.parquet", table))
+
+
+def test_blank_csv_header_cell_is_still_named_like_pandas(tmp_path: Path) -> None:
+    frame = read_table(write_csv(tmp_path, "d.csv", "text, ,label\na,b,c\n"))
+    assert list(frame.columns) == ["text", "Unnamed: 1", "label"]
 
 
 def test_not_parquet(tmp_path: Path) -> None:

@@ -92,8 +92,10 @@ def _check_has_text_column(frame: pd.DataFrame, name: str) -> None:
     description="Upload a table of texts and labels as multipart form field `file`. The format "
     "comes from the file name: `.csv` (UTF-8, comma-separated, header row), `.jsonl` / "
     "`.ndjson` (one JSON object per line) or `.parquet`. The table must have a text column "
-    "(a non-empty string on every row). The answer lists the columns and, for each candidate "
-    "label column, its classes and counts. Limits: max_upload_bytes, max_rows_per_dataset.",
+    "(a non-empty string on every row), and every column a unique, non-blank name of at "
+    "most 1000 characters (a blank CSV header cell is named `Unnamed: <i>`). The answer "
+    "lists the columns and, for each candidate label column, its classes and counts. "
+    "Limits: max_upload_bytes, max_rows_per_dataset.",
     responses={
         201: {"links": DATASET_LINKS},
         **error_responses(
