@@ -866,6 +866,48 @@ def evaluate_fast(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
         return {"error": str(exc)}
 
 
+def unread_pairs(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The measured pair groups whose partial CKA read no layer (neither model moved
+    ``ENGINE_MOVE`` from the pretrained encoder anywhere both did): the verdict reads their
+    representation as similar and rests on the gradients. How often such a pair matches, how
+    often the shipped thresholds are right on them, and, in hindsight, the best a stricter rule
+    could do there: the shipped verdict and ``raw_cka_min >= t`` for the ``t`` right on the most
+    of them (ties to the lowest ``t``). An in-sample ceiling for such a rule, not evidence for
+    it. None when no case can be read on the partial-CKA view."""
+    th = grp.Thresholds()
+    rows: list[tuple[float, bool, bool]] = []  # (raw CKA, shipped verdict, matches)
+    read = 0
+    for case in cases:
+        view = measure_view(case, "partial_cka")
+        if view is None:
+            continue
+        read += 1
+        pairs = {frozenset(p["tasks"]): p for p in view["recommendation"]["pairs"]}
+        for g in case["groups"]:
+            p = pairs.get(frozenset(g["tasks"])) if len(g["tasks"]) == 2 else None
+            if p is None or not p.get("partial_unread"):
+                continue
+            o = observation(case["dataset"], g["tasks"], view["recommendation"]["pairs"], True)
+            rows.append((float(p["raw_cka_min"]), threshold_verdict(o, th), bool(g["matches"])))
+    if not read:
+        return None
+    n, match = len(rows), sum(m for _, _, m in rows)
+    right = sum(v == m for _, v, m in rows)
+    best_t, best_right = 0.0, right
+    for t in sorted({r for r, _, _ in rows}):
+        got = sum((v and r >= t) == m for r, v, m in rows)
+        if got > best_right:
+            best_t, best_right = t, got
+    return {
+        "cases": read,
+        "pairs": n,
+        "match": match,
+        "shipped_right": right,
+        "best_raw_threshold": best_t,
+        "best_right": best_right,
+    }
+
+
 def report(folder: Path, out: Path, *, ship: bool = False) -> int:
     cases = load_cases(folder)
     if not cases:
@@ -885,6 +927,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
         "more_seeds": more_seeds_test(cases),
         "more_seeds_2": more_seeds_test(cases, MORE_SEEDS_2_PREREG),
         "more_seeds_3": more_seeds_test(cases, MORE_SEEDS_3_PREREG),
+        "unread_pairs": unread_pairs(cases),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -925,7 +968,20 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
     print_more_seeds(result["more_seeds"])
     print_more_seeds(result["more_seeds_2"])
     print_more_seeds(result["more_seeds_3"])
+    print_unread_pairs(result["unread_pairs"])
     return 0
+
+
+def print_unread_pairs(part: dict[str, Any] | None) -> None:
+    if not part:
+        return
+    print(
+        f"\n== pairs whose partial CKA read no layer ({part['cases']} cases): "
+        f"{part['pairs']} measured pair groups, {part['match']} match; shipped thresholds right "
+        f"on {part['shipped_right']}; in hindsight, also asking raw min CKA >= "
+        f"{part['best_raw_threshold']:.3f}: right on {part['best_right']} (an in-sample ceiling "
+        "for a stricter rule there)"
+    )
 
 
 def shipped_on_unseen(cases: list[dict[str, Any]]) -> dict[str, Any]:

@@ -961,3 +961,25 @@ def test_a_second_extension_keeps_the_first_readable_and_scores_frozen_recommend
     (tmp_path / "bare.json").write_text(json.dumps(bare))
     out = qr.more_seeds_test([case], tmp_path / "bare.json")
     assert out is not None and out["regret"] is None
+
+
+def test_unread_pairs_counts_pairs_the_partial_cka_cannot_read_and_a_hindsight_ceiling() -> None:
+    # No case holds how far its models moved: nothing can be read on the partial-CKA view.
+    assert qr.unread_pairs([_case("d0", 0.9, 0.2, 0.6)]) is None
+    # Every model moved 0.1 from the pretrained encoder, less than the engine's move: no pair's
+    # partial CKA reads a layer, so the verdict calls all three pairs a match on the gradients.
+    moved_little = {t: [1.0, 0.9] for t in TASKS}
+    case = _drifted(_case("d1", ab=0.9, ac=0.2, bc=0.6), moved_little)
+    got = qr.unread_pairs([case, _case("d2", 0.9, 0.9, 0.9)])
+    assert got == {
+        "cases": 1,
+        "pairs": 3,
+        "match": 2,  # a+c (raw CKA 0.2) loses
+        "shipped_right": 2,
+        "best_raw_threshold": 0.6,  # the lowest raw CKA that also calls a+c a loss
+        "best_right": 3,
+    }
+    # Models that moved far read their layers: no pair is unread.
+    moved_far = {t: [1.0, 0.2] for t in TASKS}
+    far = _drifted(_case("d3", ab=0.9, ac=0.2, bc=0.6), moved_far)
+    assert qr.unread_pairs([far])["pairs"] == 0  # type: ignore[index]
