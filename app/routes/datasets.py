@@ -22,7 +22,14 @@ from app.links import DATASET_LINKS
 from app.schemas import DatasetPublic, DatasetsPublic
 from app.storage import StorageError
 from app.tables import Dataset
-from models.data import DataError, describe_labels, detect_format, read_table, validate_text_column
+from models.data import (
+    MAX_COLUMN_NAME,
+    DataError,
+    describe_labels,
+    detect_format,
+    read_table,
+    validate_text_column,
+)
 
 __all__ = ["router", "to_public"]
 
@@ -93,7 +100,8 @@ def _check_has_text_column(frame: pd.DataFrame, name: str) -> None:
     "comes from the file name: `.csv` (UTF-8, comma-separated, header row), `.jsonl` / "
     "`.ndjson` (one JSON object per line) or `.parquet`. The table must have a text column "
     "(a non-empty string on every row), and every column a unique, non-blank name of at "
-    "most 1000 characters (a blank CSV header cell is named `Unnamed: <i>`). The answer "
+    f"most {MAX_COLUMN_NAME} characters (a blank CSV header cell is named `Unnamed: <i>`). The "
+    "answer "
     "lists the columns and, for each candidate label column, its classes and counts. "
     "Limits: max_upload_bytes, max_rows_per_dataset.",
     responses={
