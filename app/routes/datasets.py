@@ -101,8 +101,7 @@ def _check_has_text_column(frame: pd.DataFrame, name: str) -> None:
     "`.ndjson` (one JSON object per line) or `.parquet`. The table must have a text column "
     "(a non-empty string on every row), and every column a unique, non-blank name of at "
     f"most {MAX_COLUMN_NAME} characters (a blank CSV header cell is named `Unnamed: <i>`). The "
-    "answer "
-    "lists the columns and, for each candidate label column, its classes and counts. "
+    "answer lists the columns and, for each candidate label column, its classes and counts. "
     "Limits: max_upload_bytes, max_rows_per_dataset.",
     responses={
         201: {"links": DATASET_LINKS},
