@@ -44,10 +44,26 @@ SHIP = Path(__file__).resolve().parents[1] / "models" / "calibration.json"
 
 
 def load_cases(folder: Path) -> list[dict[str, Any]]:
+    """The measured cases in ``folder``. A case whose seed extension (``bench_quality.py
+    extend``) was interrupted reads as it stood before that extension began (:func:`case_at` at
+    its ``measured_seeds``), the part already extended being left for the extension to finish:
+    the report never mixes groups compared over different seeds within a case."""
     cases = []
     for path in sorted(folder.glob("*.json")):
         data = json.loads(path.read_text())
         if data.get("groups"):
+            if data.get("extending"):
+                seeds = list(data["measured_seeds"])
+                at = case_at(data, len(seeds))
+                if at is None:
+                    raise ValueError(
+                        f"{path.name}: a group was never compared over the {len(seeds)} seeds "
+                        "its interrupted extension started from"
+                    )
+                target = data["extending"]
+                extended = sum(len(g["seeds"]) >= target for g in data["groups"])
+                data = {**at, "seeds": seeds, "extension_in_progress": (extended, target)}
+                del data["extending"]
             data["complete"] = "seconds" in data
             cases.append(data)
     return cases
@@ -913,6 +929,13 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
     if not cases:
         print(f"no case results under {folder}: run `bench_quality.py run` first")
         return 1
+    for c in cases:
+        if "extension_in_progress" in c:
+            done, target = c["extension_in_progress"]
+            print(
+                f"{c['case']}: extension to {target} seeds in progress ({done} of "
+                f"{len(c['groups'])} groups), read on its {len(c['seeds'])} seeds until it finishes"
+            )
     families = sorted({family(c) for c in cases})
     result = {
         "machine": f"{os.cpu_count()} cores, {cpu_model()}",

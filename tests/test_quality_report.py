@@ -720,7 +720,10 @@ def _extendable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, A
     job = types.SimpleNamespace(encoder=None, tokenized={"a": 0, "b": 0}, device="cpu", pad_id=0)
     monkeypatch.setattr(models.pipeline, "prepare", lambda spec: job)
 
+    finetuned: list[int] = []
+
     def finetunes(job: Any, tracker: Any, a: Any, b: Any, *, seeds: list[int]) -> None:
+        finetuned.extend(seeds)
         job.stl = {
             n: [types.SimpleNamespace(macro_f1=0.5 + s / 100, val_preds=[]) for s in seeds]
             for n in "ab"
@@ -783,7 +786,10 @@ def _extendable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, A
     }
     bq.save(tmp_path / "c.json", result)
     case = types.SimpleNamespace(
-        name="c", training=types.SimpleNamespace(seed=0), load=lambda: (None, ["a", "b"], None)
+        name="c",
+        training=types.SimpleNamespace(seed=0),
+        load=lambda: (None, ["a", "b"], None),
+        finetuned=finetuned,  # the STL seeds fine-tuned, in order
     )
     return bq, case, trained
 
@@ -809,7 +815,7 @@ def test_extend_case_adds_seeds_keeps_the_chain_and_orders_the_deltas_by_seed(
 
 
 def test_extend_case_resumes_where_it_was_killed_and_only_to_its_own_target(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bq, case, trained = _extendable(tmp_path, monkeypatch)
     calls = {"n": 0}
@@ -829,9 +835,24 @@ def test_extend_case_resumes_where_it_was_killed_and_only_to_its_own_target(
     assert [len(g["seeds"]) for g in stored["groups"]] == [5, 3]
     with pytest.raises(ValueError, match="--seeds 5"):
         bq.extend_case(case, 7)
+    # Until the extension finishes, the report reads the case as it stood before it began.
+    partial = qr.load_cases(tmp_path)[0]
+    assert partial["seeds"] == [0, 1, 2] and "extending" not in partial
+    assert partial["extension_in_progress"] == (1, 5)
+    assert [g["seeds"] for g in partial["groups"]] == [[0, 1, 2]] * 2
+    assert [g["matches"] for g in partial["groups"]] == [True, True]
+    assert partial["groups"][0]["mtl"]["a"] == pytest.approx([0.4, 0.41, 0.42])
+    assert partial["stl"]["a"] == pytest.approx([0.5, 0.51, 0.52])
     trained.clear()
+    case.finetuned.clear()
+    # A stored macro-F1 that the retrained first new seed would not give again is warned about.
+    bad = json.loads((tmp_path / "c.json").read_text())
+    bad["stl"]["a"][3] = 0.9
+    (tmp_path / "c.json").write_text(json.dumps(bad))
     out = bq.extend_case(case, 5)
     assert trained == [3, 4]  # the first group is not trained again
+    assert case.finetuned == [3]  # nor the STL models of seed 4: their macro-F1s are stored
+    assert "retrained on resume differ" in capsys.readouterr().err
     assert "extending" not in out and [len(g["seeds"]) for g in out["groups"]] == [5, 5]
     assert out["groups"][0]["before"]["seeds"] == [0, 1, 2]
     assert out["stl"]["b"] == pytest.approx([0.5 + s / 100 for s in range(5)])
