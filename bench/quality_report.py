@@ -62,6 +62,18 @@ def load_cases(folder: Path) -> list[dict[str, Any]]:
                     )
                 target = data["extending"]
                 extended = sum(len(g["seeds"]) >= target for g in data["groups"])
+                # An extended group's training totals cover all its seeds: scaled back to the
+                # seeds it is read on, as the cost table divides them by the case's seeds.
+                at["groups"] = [
+                    g
+                    if len(raw["seeds"]) == len(seeds)
+                    else {
+                        **g,
+                        "steps": round(raw["steps"] * len(seeds) / len(raw["seeds"])),
+                        "seconds": raw["seconds"] * len(seeds) / len(raw["seeds"]),
+                    }
+                    for g, raw in zip(at["groups"], data["groups"], strict=True)
+                ]
                 data = {**at, "seeds": seeds, "extension_in_progress": (extended, target)}
                 del data["extending"]
             data["complete"] = "seconds" in data

@@ -843,6 +843,8 @@ def test_extend_case_resumes_where_it_was_killed_and_only_to_its_own_target(
     assert [g["matches"] for g in partial["groups"]] == [True, True]
     assert partial["groups"][0]["mtl"]["a"] == pytest.approx([0.4, 0.41, 0.42])
     assert partial["stl"]["a"] == pytest.approx([0.5, 0.51, 0.52])
+    # ... its training totals too, which the cost table divides by the case's seeds
+    assert [(g["steps"], g["seconds"]) for g in partial["groups"]] == [(30, 3.0)] * 2
     trained.clear()
     case.finetuned.clear()
     # A stored macro-F1 that the retrained first new seed would not give again is warned about.
