@@ -740,10 +740,8 @@ def extend_case(case: Case, target: int) -> dict[str, Any]:
                     "the stored ones",
                     file=sys.stderr,
                 )
-    new_stl = {
-        n: [r.macro_f1 for r in job.stl[n]] + (kept[n][len(job.stl[n]) :] if resumed else [])
-        for n in tasks
-    }
+    # the retrained seeds, then the stored ones (none unless resumed)
+    new_stl = {n: [r.macro_f1 for r in job.stl[n]] + kept[n][len(job.stl[n]) :] for n in tasks}
     result["measured_seeds"] = old
     result["extending"] = target
     result["seeds"] = old + new
