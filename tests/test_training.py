@@ -180,8 +180,11 @@ def test_guessing_with_the_shares_scores_as_the_baseline_says(labels: list[int],
     )
     base = chance_baseline(task)
     rng = np.random.default_rng(seed)
-    reps = np.repeat(y, 200)  # many copies of the split: the empirical F1 nears its expectation
+    # Many copies of the split, so that the empirical F1 nears its expectation: at 2,000 copies a
+    # class with one label in eight has a per-class F1 SD of about 0.007 (at 200 copies it was
+    # 0.023, and a `make test` run drew an example whose macro-F1 fell 0.031 from it).
+    reps = np.repeat(y, 2000)
     shares = np.bincount(y, minlength=4) / len(y)
     guess = rng.choice(4, size=len(reps), p=shares)
     f1 = scores(reps, guess, 4)["macro_f1"]
-    assert f1 == pytest.approx(base["prior_macro_f1"], abs=0.03)
+    assert f1 == pytest.approx(base["prior_macro_f1"], abs=0.02)
