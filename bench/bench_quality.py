@@ -690,9 +690,9 @@ def seed_ordered_deltas(result: dict[str, Any], entry: dict[str, Any]) -> None:
         p["seed_deltas"] = [float(m - s) for m, s in zip(mtl, stl, strict=True)]
 
 
-def extend_case(case: Case, target: int) -> dict[str, Any]:
+def extend_case(case: Case, target: int, device: str = "cpu") -> dict[str, Any]:
     """Add verification seeds to a measured case until it has ``target``: fine-tune the STL models
-    and train every group's MTL model for the new seeds only, then compare each group again over
+    and train every group's MTL model for the new seeds only (on ``device``, the CPU unless told), then compare each group again over
     all its seeds (``compare_group``, as stage 5 does). The seeds already measured keep their
     stored macro-F1s; the bootstrap part of the tolerance, which needs predictions, is taken from
     the first new seed's models instead of seed 0's (the same estimate on another seed). The
@@ -716,7 +716,12 @@ def extend_case(case: Case, target: int) -> dict[str, Any]:
         save(path, result)
         return result
     frame, tasks, _ = case.load()
-    spec = case_spec(case, frame, tasks)
+    spec = case_spec(
+        case,
+        frame,
+        tasks,
+        analysis=AnalysisConfig(device=device),  # type: ignore[arg-type]  # argparse choices
+    )
     t0 = time.perf_counter()
     job = prepare(spec)
     tracker = Progress(None, {"finetune": 1.0})
@@ -837,7 +842,7 @@ def seed0_job(case: Case, result: dict[str, Any], device: str = "cpu") -> Any:
     return job
 
 
-def reanalyze_case(case: Case) -> dict[str, Any]:
+def reanalyze_case(case: Case, device: str = "cpu") -> dict[str, Any]:
     """Seed 0's evidence again, with every key the runner now stores (per-task CKA to the
     pretrained encoder, per-layer gradient cosines), for a case measured before they were kept.
     The fine-tunes are retrained with seed 0 and the analysis rerun; the stored evidence is kept
@@ -847,7 +852,7 @@ def reanalyze_case(case: Case) -> dict[str, Any]:
 
     path = OUT / f"{case.name}.json"
     result = json.loads(path.read_text())
-    job = seed0_job(case, result)
+    job = seed0_job(case, result, device)
     rec = analyze(job)
     before = result["recommendation"]
     after = {
@@ -945,7 +950,7 @@ def each_measured_case(args: argparse.Namespace, work: Callable[[Case], Any]) ->
 
 
 def cmd_reanalyze(args: argparse.Namespace) -> int:
-    return each_measured_case(args, reanalyze_case)
+    return each_measured_case(args, lambda case: reanalyze_case(case, args.device))
 
 
 def cmd_extend(args: argparse.Namespace) -> int:
@@ -961,7 +966,7 @@ def cmd_extend(args: argparse.Namespace) -> int:
             print(f"{name}: not a measured case, skipped", file=sys.stderr)
             continue
         start = time.perf_counter()
-        extend_case(cases[name], args.seeds)
+        extend_case(cases[name], args.seeds, args.device)
         print(f"{name}: {args.seeds} seeds, {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
 
@@ -1108,10 +1113,12 @@ def main(argv: list[str] | None = None) -> int:
     ext.add_argument("--seeds", type=int, default=5, help="seeds per comparison wanted")
     ext.add_argument("--threads", type=int, default=0)
     ext.add_argument("--only", default="", help="comma-separated case names (exact), in order")
+    ext.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     rea = sub.add_parser("reanalyze", help="recompute seed 0's evidence with every key stored")
     rea.add_argument("--suite", default="default", choices=sorted(SUITES))
     rea.add_argument("--threads", type=int, default=0)
     rea.add_argument("--only", default="", help="comma-separated case names (exact), in order")
+    rea.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     sc = sub.add_parser("seedcka", help="store each task's seed-to-seed CKA (the noise floor)")
     sc.add_argument("--suite", default="default", choices=sorted(SUITES))
     sc.add_argument("--threads", type=int, default=0)

@@ -962,6 +962,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
         "more_seeds": more_seeds_test(cases),
         "more_seeds_2": more_seeds_test(cases, MORE_SEEDS_2_PREREG),
         "more_seeds_3": more_seeds_test(cases, MORE_SEEDS_3_PREREG),
+        "more_seeds_4": more_seeds_test(cases, MORE_SEEDS_4_PREREG),
         "unread_pairs": unread_pairs(cases),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1003,6 +1004,7 @@ def report(folder: Path, out: Path, *, ship: bool = False) -> int:
     print_more_seeds(result["more_seeds"])
     print_more_seeds(result["more_seeds_2"])
     print_more_seeds(result["more_seeds_3"])
+    print_more_seeds(result["more_seeds_4"])
     print_unread_pairs(result["unread_pairs"])
     return 0
 
@@ -1255,6 +1257,9 @@ verdicts frozen on the partial-CKA default's view."""
 MORE_SEEDS_3_PREREG = Path(__file__).resolve().parent / "results" / "more_seeds_3_prereg.json"
 """The third extension (fifteenth session): every case of at most 1,000 rows, 10 -> 20 seeds,
 with the frozen recommendations beside the frozen verdicts."""
+MORE_SEEDS_4_PREREG = Path(__file__).resolve().parent / "results" / "more_seeds_4_prereg.json"
+"""The fourth extension (twenty-second session): the eleven 5,000-row birds cases first measured
+on a GPU, 5 -> 10 seeds on a GPU, frozen as the third was."""
 
 
 def as_first_measured(case: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:

@@ -860,6 +860,27 @@ def test_extend_case_resumes_where_it_was_killed_and_only_to_its_own_target(
     assert out["stl"]["b"] == pytest.approx([0.5 + s / 100 for s in range(5)])
 
 
+def test_extend_case_trains_on_the_device_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A case first measured on a GPU is extended there (``extend --device cuda``): the job's
+    analysis config carries the device, which ``prepare`` turns into the job's device."""
+    import types
+
+    bq, case, _ = _extendable(tmp_path, monkeypatch)
+    asked: list[str] = []
+
+    def spec(*a: Any, **k: Any) -> Any:
+        asked.append(k["analysis"].device)
+        return types.SimpleNamespace(analysis=types.SimpleNamespace(tolerance=0.01))
+
+    monkeypatch.setattr(bq, "case_spec", spec)
+    bq.extend_case(case, 4, "cuda")
+    assert asked == ["cuda"]
+    # The command line takes the flag (a name that is not a measured case is skipped).
+    assert bq.main(["extend", "--seeds", "4", "--only", "nothing", "--device", "cuda"]) == 0
+
+
 def test_regret_mean_reports_mean_se_and_median_over_cases() -> None:
     out = qr.regret_mean([0.0, 0.0, 1.0, 3.0])
     assert out["regret_mean"] == pytest.approx(1.0)
