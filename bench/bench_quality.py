@@ -692,13 +692,13 @@ def seed_ordered_deltas(result: dict[str, Any], entry: dict[str, Any]) -> None:
 
 def extend_case(case: Case, target: int, device: str = "cpu") -> dict[str, Any]:
     """Add verification seeds to a measured case until it has ``target``: fine-tune the STL models
-    and train every group's MTL model for the new seeds only (on ``device``, the CPU unless told), then compare each group again over
-    all its seeds (``compare_group``, as stage 5 does). The seeds already measured keep their
-    stored macro-F1s; the bootstrap part of the tolerance, which needs predictions, is taken from
-    the first new seed's models instead of seed 0's (the same estimate on another seed). The
-    analysis (seed 0's evidence) is unchanged. Each group's earlier comparison is kept under
-    ``before`` (which keeps the comparison before that under its own ``before``, and so on).
-    Resumable: the file is written after every group, and a resumed run fine-tunes the STL
+    and train every group's MTL model for the new seeds only (on ``device``, the CPU unless told),
+    then compare each group again over all its seeds (``compare_group``, as stage 5 does). The seeds
+    already measured keep their stored macro-F1s; the bootstrap part of the tolerance, which needs
+    predictions, is taken from the first new seed's models instead of seed 0's (the same estimate on
+    another seed). The analysis (seed 0's evidence) is unchanged. Each group's earlier comparison is
+    kept under ``before`` (which keeps the comparison before that under its own ``before``, and so
+    on). Resumable: the file is written after every group, and a resumed run fine-tunes the STL
     models of the first new seed only (the others' macro-F1s are stored). Until it finishes, the
     file is marked ``extending`` and ``report`` reads the case as it stood before the extension
     (``quality_report.load_cases``), so a partly extended case can be committed and resumed in a
