@@ -141,9 +141,9 @@ COPY --from=builder /app /app
 
 # Models are loaded from local directories only: never reach a model hub.
 # /data is the data dir; the artifact store (uploads, fine-tuned weights, probe representations)
-# is /data/artifacts, a volume shared by the API and every worker. /var/lib/taskgrouper is a
-# writable working directory for processes that keep local state (the Celery beat schedule
-# file; see docker-compose.yml). (DL3064 is a false positive on the word TOKENIZERS.)
+# is /data/artifacts, a volume shared by the API and every worker, and the Celery beat schedule
+# file is /data/celerybeat-schedule. /var/lib/taskgrouper is a writable working directory for
+# anything else a process writes where it runs (see docker-compose.yml). (DL3064 is a false positive on the word TOKENIZERS.)
 # hadolint ignore=DL3064
 ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
