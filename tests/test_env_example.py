@@ -1,6 +1,6 @@
-"""`.env.example` lists every setting with its default (README, "For operators: deploy and configure"): each value it
-shows must be the one the service uses when the variable is unset, so that uncommenting a line
-as shown changes nothing."""
+"""`.env.example` lists every setting with its default (README, "For operators: deploy and
+configure"): each value it shows must be the one the service uses when the variable is unset, so
+that uncommenting a line as shown changes nothing."""
 
 import os
 import re
