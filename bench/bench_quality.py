@@ -182,15 +182,16 @@ def default_suite() -> list[Case]:
     tiny = TrainingConfig(epochs=15, lr=5e-3, batch_size=32, max_length=48, probe_size=512)
     minilm_synth = TrainingConfig(epochs=2, lr=1e-4, batch_size=32, max_length=40, probe_size=512)
 
-    def planted(level: str, rows: int, seed: int) -> Case:
-        """The 3-task planted case (a planted pair beside an unrelated task), 5 seeds."""
+    def planted(level: str, rows: int, seed: int, seeds: int = 5) -> Case:
+        """The 3-task planted case (a planted pair beside an unrelated task), 5 seeds unless
+        told."""
         return Case(
             name=f"synth-minilm-{level}-t3-{rows}-s{seed}",
             dataset=f"synth-minilm-{level}-t3-{rows}-s{seed}",
             load=synth_loader((2, 1), NOISES[level], rows=rows, classes=4, seed=seed),
             model="minilm-l6",
             training=minilm_synth,
-            seeds=5,
+            seeds=seeds,
             notes=f"3 tasks at {level} noise: {rows} rows, generator seed {seed}",
         )
 
@@ -514,6 +515,14 @@ def default_suite() -> list[Case]:
     cases.append(planted("high", 400, 99))
     cases.append(birds_1k_balanced("e", ["phase_of_flt", "birds_struck", "time_of_day"], 61))
     cases.append(birds_5k("m", ["sky", "effect", "phase_of_flt"], 67, "balanced"))
+    # Added 2026-11-28 (twenty-second session), before either ran, to judge the shipped defaults
+    # (thresholds 0.05 / -0.275 / 0.9 and the p_match of the 42-case fit, models/calibration.json
+    # at 452da63) on data no fit has seen (the report's "shipped defaults on datasets the shipped
+    # fit did not see"): the 3-task planted case on 400 rows at high noise, where most of the
+    # verdict's held-out misses are (a losing pair whose partial CKA read no layer), and at middle
+    # noise, where planted recovery has missed; new generator seeds, 10 seeds from the start.
+    cases.append(planted("high", 400, 101, seeds=10))
+    cases.append(planted("mid", 400, 103, seeds=10))
     return cases
 
 
