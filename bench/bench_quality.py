@@ -523,6 +523,9 @@ def default_suite() -> list[Case]:
     # noise, where planted recovery has missed; new generator seeds, 10 seeds from the start.
     cases.append(planted("high", 400, 101, seeds=10))
     cases.append(planted("mid", 400, 103, seeds=10))
+    # and one more, defined while those two ran and before it did (the first of them had measured
+    # one group): high noise again, another generator seed.
+    cases.append(planted("high", 400, 105, seeds=10))
     return cases
 
 
